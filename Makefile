@@ -1,0 +1,41 @@
+# The two commands of the README: `make run` and `make test`. Both set up .venv when missing.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PORT   ?= 5000
+ROR_PORT ?= 5001
+
+export ENRS_ENV ?= development
+
+.PHONY: install run test test-postgres bench e2e clean
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 est requis ($(PYTHON) introuvable)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/enrs db upgrade
+	$(BIN)/enrs demo --if-empty
+	$(BIN)/enrs serve --port $(PORT)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests --ignore=tests/e2e --ignore=tests/interop
+
+# The same suite with every database test on PostgreSQL as well (needs ENRS_TEST_DATABASE_URL).
+test-postgres: $(STAMP)
+	@test -n "$$ENRS_TEST_DATABASE_URL" || { echo "ENRS_TEST_DATABASE_URL n'est pas défini"; exit 1; }
+	$(BIN)/python -m pytest -q tests --ignore=tests/e2e --ignore=tests/interop
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache bench/results

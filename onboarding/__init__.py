@@ -1,0 +1,1 @@
+"""How you get in: account creation, captcha, approval, access requests and the referentials."""

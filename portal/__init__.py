@@ -1,0 +1,1 @@
+"""The portal shell: configuration, database, mail, storage, security, audit and the UI frame."""

@@ -1,0 +1,131 @@
+"""create_app(): settings, extensions, blueprints and error pages."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Mapping
+
+from flask import Flask, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+
+from portal.clock import Clock
+from portal.config import Settings, load_settings
+from portal.db import db
+from portal.security import init_security, limiter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# French titles and explanations of the error pages; the status code stays the real one.
+ERROR_PAGES = {
+    400: ("Requête invalide", "La demande envoyée au portail n'a pas pu être comprise. Revenez à la page précédente et réessayez."),
+    403: ("Accès refusé", "Vous n'avez pas les droits nécessaires pour accéder à cette page."),
+    404: ("Page introuvable", "La page demandée n'existe pas ou a été déplacée."),
+    405: ("Méthode non autorisée", "Cette action n'est pas possible sur cette page."),
+    413: ("Fichier trop volumineux", "Le fichier ou le formulaire envoyé dépasse la taille autorisée (12 Mo pour un fichier)."),
+    429: ("Trop de tentatives", "Vous avez effectué trop de tentatives. Patientez quelques minutes avant de réessayer."),
+    500: ("Erreur interne", "Une erreur inattendue est survenue. L'équipe du portail a été prévenue ; réessayez dans quelques instants."),
+}
+
+# An attestation may be 12 MiB; the rest of the multipart form needs a little room.
+MAX_ATTESTATION_BYTES = 12 * 1024 * 1024
+MAX_REQUEST_BYTES = MAX_ATTESTATION_BYTES + 512 * 1024
+
+
+def create_app(env: Mapping[str, str] | None = None, *, clock: Clock | None = None) -> Flask:
+    settings = load_settings(env)
+    app = Flask(
+        __name__,
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+        instance_path=str(settings.instance_dir),
+    )
+    app.config.update(
+        SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES,
+        MAX_FORM_MEMORY_SIZE=1024 * 1024,
+        SESSION_COOKIE_NAME="__Host-enrs" if settings.secure_cookies else "enrs",
+        SESSION_COOKIE_SECURE=settings.secure_cookies,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PREFERRED_URL_SCHEME="https" if settings.secure_cookies else "http",
+        WTF_CSRF_TIME_LIMIT=None,  # the token lives as long as the session
+        RATELIMIT_STORAGE_URI=settings.redis_url or "memory://",
+        RATELIMIT_STRATEGY="moving-window",
+        RATELIMIT_KEY_PREFIX="enrs",
+        TEMPLATES_AUTO_RELOAD=settings.is_development,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.ensure_ascii = False
+    app.extensions["enrs.settings"] = settings
+    if clock is not None:
+        app.extensions["enrs.clock"] = clock
+
+    db.init_app(app, settings.database_url)
+    init_security(app, hsts=settings.secure_cookies)
+
+    _register_blueprints(app)
+    _register_error_pages(app)
+    _register_template_globals(app, settings)
+    logging.getLogger("enrs").setLevel(logging.INFO)
+    return app
+
+
+def _register_blueprints(app: Flask) -> None:
+    from onboarding.referentials import bp as referentials_bp
+    from portal.views import bp as portal_bp
+
+    app.register_blueprint(portal_bp)
+    app.register_blueprint(referentials_bp)
+
+
+def _wants_json() -> bool:
+    return request.path.startswith("/api/") or request.path.startswith("/oauth/")
+
+
+def _register_error_pages(app: Flask) -> None:
+    def render_error(code: int, description: str | None = None):
+        title, text = ERROR_PAGES.get(code, ERROR_PAGES[500] if code >= 500 else ERROR_PAGES[400])
+        if _wants_json():
+            return jsonify(error=title, message=description or text), code
+        return render_template("errors/error.html", code=code, title=title, text=text), code
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        response = render_error(exc.code or 500)
+        if exc.code == 405 and exc.valid_methods:
+            body, code = response
+            return body, code, {"Allow": ", ".join(exc.valid_methods)}
+        return response
+
+    @app.errorhandler(CSRFError)
+    def _csrf_error(exc: CSRFError):
+        title = "Session expirée"
+        text = ("Le formulaire a expiré ou n'a pas été envoyé depuis le portail. "
+                "Rechargez la page et renvoyez-le.")
+        if _wants_json():
+            return jsonify(error=title, message=text), 400
+        return render_template("errors/error.html", code=400, title=title, text=text), 400
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        db.session.rollback()
+        return render_error(500)
+
+    @app.errorhandler(429)
+    def _too_many(exc: HTTPException):
+        return render_error(429)
+
+
+def _register_template_globals(app: Flask, settings: Settings) -> None:
+    @app.context_processor
+    def _globals():
+        return {"portal_name": settings.portal_name, "settings": settings}
+
+
+def settings_of(app: Flask) -> Settings:
+    return app.extensions["enrs.settings"]
+
+
+__all__ = ["create_app", "settings_of", "limiter", "MAX_ATTESTATION_BYTES"]

@@ -1,0 +1,306 @@
+"""Outgoing email through an outbox table: never lose a message.
+
+`queue_mail()` adds the message to the caller's transaction, so it exists exactly when
+the event that causes it was committed. Right after that commit the portal tries to
+deliver it; a message that could not be delivered stays in the outbox with a growing
+delay and is retried by `enrs mail deliver` (or the worker). Each attempt first claims
+the row with a conditional UPDATE, so two processes never send the same message at once.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import smtplib
+import ssl
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Iterable
+from urllib.parse import unquote, urlsplit
+
+import sqlalchemy as sa
+from flask import current_app, has_app_context, render_template
+from sqlalchemy import event
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from portal.clock import now
+from portal.config import current_settings
+from portal.db import Base, db
+
+log = logging.getLogger("enrs.mail")
+
+CLAIM_SECONDS = 120
+MAX_BACKOFF_SECONDS = 3600
+SMTP_TIMEOUT_SECONDS = 10
+
+
+class OutboxMessage(Base):
+    __tablename__ = "mail_outbox"
+    __table_args__ = (sa.Index("ix_mail_outbox_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[datetime]
+    recipient: Mapped[str] = mapped_column(sa.String(320))
+    subject: Mapped[str] = mapped_column(sa.String(255))
+    text_body: Mapped[str] = mapped_column(sa.Text)
+    html_body: Mapped[str | None] = mapped_column(sa.Text)
+    # Fixed when queued, so that a retry after a crash mid-send carries the same id
+    # and the receiving side can recognise the duplicate.
+    message_id: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending")  # pending | sending | sent
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime]
+    claimed_until: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
+
+
+def queue_mail(
+    session: Session,
+    recipient: str,
+    subject: str,
+    template: str,
+    **context: object,
+) -> OutboxMessage:
+    """Render mail/<template>.txt (and .html when it exists) into the outbox of this transaction."""
+    settings = current_settings()
+    if any(c in recipient + subject for c in "\r\n"):
+        raise ValueError("header injection attempt in recipient or subject")
+    context.setdefault("portal_name", settings.portal_name)
+    context.setdefault("base_url", settings.base_url)
+    text_body = render_template(f"mail/{template}.txt", **context)
+    html_body = None
+    if _template_exists(f"mail/{template}.html"):
+        html_body = render_template(f"mail/{template}.html", **context)
+    created = now()
+    domain = settings.mail_from.rpartition("@")[2] or "enrs.localhost"
+    message = OutboxMessage(
+        created_at=created,
+        recipient=recipient,
+        subject=subject,
+        text_body=text_body,
+        html_body=html_body,
+        message_id=make_msgid(domain=domain),
+        status="pending",
+        attempts=0,
+        next_attempt_at=created,
+    )
+    session.add(message)
+    session.info.setdefault("enrs_outbox", []).append(message)
+    return message
+
+
+def _template_exists(name: str) -> bool:
+    try:
+        current_app.jinja_env.get_template(name)
+    except Exception:  # jinja2.TemplateNotFound and friends
+        return False
+    return True
+
+
+@event.listens_for(Session, "after_commit")
+def _deliver_after_commit(session: Session) -> None:
+    queued = session.info.pop("enrs_outbox", None)
+    if not queued or not has_app_context():
+        return
+    ids = [m.id for m in queued if m.id is not None]
+    if ids:
+        try:
+            deliver(ids=ids)
+        except Exception:  # the outbox keeps them; never fail the user's committed action
+            log.exception("immediate delivery failed; messages stay in the outbox")
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_after_rollback(session: Session, _previous_transaction: object) -> None:
+    session.info.pop("enrs_outbox", None)
+
+
+# -- delivery ---------------------------------------------------------------------------
+
+
+@dataclass
+class DeliveryReport:
+    sent: int = 0
+    failed: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.sent} envoyé(s), {self.failed} en échec"
+
+
+def backoff(attempts: int) -> timedelta:
+    return timedelta(seconds=min(MAX_BACKOFF_SECONDS, 30 * 2 ** max(0, attempts - 1)))
+
+
+def deliver(ids: Iterable[int] | None = None, limit: int = 200) -> DeliveryReport:
+    """Deliver the given messages, or every message that is due; returns what happened."""
+    report = DeliveryReport()
+    session = db.new_session()
+    try:
+        current = now()
+        if ids is None:
+            ids = session.scalars(
+                sa.select(OutboxMessage.id)
+                .where(
+                    sa.or_(
+                        sa.and_(OutboxMessage.status == "pending", OutboxMessage.next_attempt_at <= current),
+                        sa.and_(OutboxMessage.status == "sending", OutboxMessage.claimed_until < current),
+                    )
+                )
+                .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
+                .limit(limit)
+            ).all()
+        transport = make_transport(current_settings().mail_url)
+        try:
+            for message_id in ids:
+                message = _claim(session, message_id)
+                if message is None:
+                    continue
+                try:
+                    transport.send(build_email(message, current_settings().mail_from))
+                except Exception as exc:  # SMTP, network, disk: all retried later
+                    _release(session, message, exc)
+                    report.failed += 1
+                else:
+                    _mark_sent(session, message)
+                    report.sent += 1
+        finally:
+            transport.close()
+    finally:
+        session.close()
+    return report
+
+
+def _claim(session: Session, message_id: int) -> OutboxMessage | None:
+    current = now()
+    table = OutboxMessage.__table__
+    result = session.execute(
+        table.update()
+        .where(table.c.id == message_id)
+        .where(
+            sa.or_(
+                table.c.status == "pending",
+                sa.and_(table.c.status == "sending", table.c.claimed_until < current),
+            )
+        )
+        .values(status="sending", claimed_until=current + timedelta(seconds=CLAIM_SECONDS),
+                attempts=table.c.attempts + 1)
+    )
+    session.commit()
+    if result.rowcount != 1:
+        return None
+    return session.get(OutboxMessage, message_id, populate_existing=True)
+
+
+def _mark_sent(session: Session, message: OutboxMessage) -> None:
+    message.status = "sent"
+    message.sent_at = now()
+    message.claimed_until = None
+    message.last_error = None
+    session.commit()
+
+
+def _release(session: Session, message: OutboxMessage, exc: Exception) -> None:
+    log.warning("mail %s to %s not delivered (attempt %s): %s", message.id, message.recipient, message.attempts, exc)
+    message.status = "pending"
+    message.claimed_until = None
+    message.next_attempt_at = now() + backoff(message.attempts)
+    message.last_error = f"{type(exc).__name__}: {exc}"[:500]
+    session.commit()
+
+
+def build_email(message: OutboxMessage, sender: str) -> EmailMessage:
+    email = EmailMessage()
+    email["From"] = f"{current_settings().portal_name} <{sender}>"
+    email["To"] = message.recipient
+    email["Subject"] = message.subject
+    email["Date"] = format_datetime(message.created_at)
+    email["Message-ID"] = message.message_id
+    email["Auto-Submitted"] = "auto-generated"
+    email.set_content(message.text_body)
+    if message.html_body:
+        email.add_alternative(message.html_body, subtype="html")
+    return email
+
+
+# -- transports -------------------------------------------------------------------------
+
+
+class FolderTransport:
+    """Development: one RFC 5322 .eml file per message, written atomically."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def send(self, email: EmailMessage) -> None:
+        stamp = now().strftime("%Y%m%dT%H%M%S%f")
+        name = f"{stamp}-{email['Message-ID'].strip('<>').split('@')[0]}.eml"
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(email.as_bytes())
+        os.replace(tmp, self.folder / name)
+
+    def close(self) -> None:
+        pass
+
+
+class SMTPTransport:
+    """One connection per delivery batch, opened on the first message."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.scheme = parts.scheme
+        self.host = parts.hostname or "localhost"
+        self.port = parts.port or {"smtps": 465, "smtp+starttls": 587}.get(parts.scheme, 25)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self._connection: smtplib.SMTP | None = None
+
+    def _connect(self) -> smtplib.SMTP:
+        context = ssl.create_default_context()
+        if self.scheme == "smtps":
+            connection: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=SMTP_TIMEOUT_SECONDS, context=context)
+        else:
+            connection = smtplib.SMTP(self.host, self.port, timeout=SMTP_TIMEOUT_SECONDS)
+            if self.scheme == "smtp+starttls":
+                connection.starttls(context=context)
+        if self.username:
+            connection.login(self.username, self.password or "")
+        return connection
+
+    def send(self, email: EmailMessage) -> None:
+        if self._connection is None:
+            self._connection = self._connect()
+        try:
+            self._connection.send_message(email)
+        except (smtplib.SMTPServerDisconnected, OSError):
+            # A dropped connection fails this message; the next one reconnects.
+            self._connection = None
+            raise
+
+    def close(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+            self._connection = None
+
+
+def make_transport(url: str) -> FolderTransport | SMTPTransport:
+    if url.startswith("file://"):
+        return FolderTransport(Path(unquote(urlsplit(url).path)))
+    return SMTPTransport(url)
+
+
+def outbox_backlog(session: Session) -> tuple[int, datetime | None]:
+    """How many messages wait, and since when (for operators and /metrics)."""
+    count, oldest = session.execute(
+        sa.select(sa.func.count(OutboxMessage.id), sa.func.min(OutboxMessage.created_at))
+        .where(OutboxMessage.status != "sent")
+    ).one()
+    return count, oldest

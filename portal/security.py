@@ -1,0 +1,68 @@
+"""Web hygiene: security headers and CSP, CSRF, rate limits, safe redirects."""
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from flask import Flask, Response, request
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_wtf.csrf import CSRFProtect
+
+csrf = CSRFProtect()
+
+# Limits are declared on the views; storage is memory per process, or Redis when
+# ENRS_REDIS_URL is set so that every process counts the same attempts.
+limiter = Limiter(key_func=get_remote_address, default_limits=[], headers_enabled=True)
+
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data:",
+    "media-src 'self' data:",
+    "font-src 'self'",
+    "connect-src 'self'",
+    "worker-src 'self' blob:",
+    "object-src 'none'",
+    "base-uri 'self'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+])
+
+
+def init_security(app: Flask, *, hsts: bool) -> None:
+    csrf.init_app(app)
+    limiter.init_app(app)
+
+    @app.after_request
+    def _headers(response: Response) -> Response:
+        headers = response.headers
+        # A view may set a stricter policy (attestation previews); never a looser one.
+        headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        headers.setdefault("X-Frame-Options", "DENY")
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers.setdefault("Referrer-Policy", "same-origin")
+        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        headers.setdefault("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+        if hsts:
+            headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+        if request.endpoint != "static" and "Cache-Control" not in headers:
+            headers["Cache-Control"] = "no-store"
+        return response
+
+
+def safe_next(target: str | None, default: str = "/") -> str:
+    """A same-origin path to go to after a step, or the default.
+
+    Only relative paths are kept: no scheme, no host, no "//" or "\\" tricks that
+    browsers read as another host.
+    """
+    if not target:
+        return default
+    target = target.strip()
+    if any(ord(c) < 32 for c in target) or "\\" in target:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return default
+    return target

@@ -1,0 +1,82 @@
+"""The portal shell: home page, layout, error pages and security headers."""
+from __future__ import annotations
+
+
+def test_newcomer_sees_a_french_home_page_with_login_and_registration(client):
+    response = client.get("/")
+    assert response.status_code == 200
+    page = response.get_data(as_text=True)
+    assert '<html lang="fr">' in page
+    assert "eSanté Test" in page
+    assert 'href="/login">Se connecter</a>' in page
+    assert 'href="/register">Créer un compte</a>' in page
+    assert "Mentions légales" in page and "Conditions générales d'utilisation" in page and "Contact" in page
+    assert 'href="#contenu"' in page and 'id="contenu"' in page
+
+
+def test_every_page_carries_the_security_headers(client):
+    response = client.get("/")
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "same-origin"
+    # Development over http: no HSTS (it would pin a laptop's localhost to https).
+    assert "Strict-Transport-Security" not in response.headers
+
+
+def test_https_deployment_sends_hsts_and_secure_cookie_name(app_env):
+    from portal.app import create_app
+
+    app = create_app({**app_env, "ENRS_ENV": "production", "ENRS_BASE_URL": "https://portail.esante-test.fr",
+                      "ENRS_MAIL_URL": "smtp://127.0.0.1:2525"})
+    response = app.test_client().get("/")
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=31536000")
+    assert app.config["SESSION_COOKIE_SECURE"] is True
+    assert app.config["SESSION_COOKIE_NAME"] == "__Host-enrs"
+
+
+def test_unknown_page_gets_a_french_404(client):
+    response = client.get("/nulle-part")
+    assert response.status_code == 404
+    assert "Page introuvable" in response.get_data(as_text=True)
+
+
+def test_wrong_method_gets_a_french_405(client):
+    response = client.post("/mentions-legales")
+    # CSRF protection answers first for an unsafe method without a token.
+    assert response.status_code in (400, 405)
+    assert "<html lang=\"fr\">" in response.get_data(as_text=True)
+
+
+def test_oversized_form_gets_a_french_413(app):
+    @app.post("/upload-test")
+    def upload_test():
+        return "reçu"
+
+    big = b"x" * (13 * 1024 * 1024)
+    response = app.test_client().post("/upload-test", data={"attestation": (__import__("io").BytesIO(big), "a.pdf")})
+    assert response.status_code == 413
+    assert "Fichier trop volumineux" in response.get_data(as_text=True)
+
+
+def test_unexpected_error_shows_a_french_500_without_trace(app):
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret internals")
+
+    app.config["TESTING"] = False
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    response = app.test_client().get("/boom")
+    assert response.status_code == 500
+    page = response.get_data(as_text=True)
+    assert "Erreur interne" in page and "secret internals" not in page and "Traceback" not in page
+
+
+def test_legal_pages_exist(client):
+    for path, title in [("/mentions-legales", "Mentions légales"), ("/contact", "Contact"),
+                        ("/accessibilite", "Déclaration d'accessibilité")]:
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert title in response.get_data(as_text=True)
