@@ -53,9 +53,12 @@ def make_engine(url: str) -> Engine:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 15})
         event.listen(engine, "connect", _sqlite_pragmas)
-        # pysqlite's own transaction handling defers BEGIN; emit it ourselves so that
-        # "BEGIN IMMEDIATE"-style locking and SAVEPOINTs behave as on PostgreSQL.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        # SQLite cannot upgrade a read transaction to a write one while another writer
+        # waits: it fails at once with "database is locked" instead of waiting. Taking the
+        # write lock when the transaction starts makes concurrent writers queue up
+        # (busy_timeout) instead. SQLite is the single-machine default; PostgreSQL is the
+        # production database.
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine
     return sa.create_engine(
         url,

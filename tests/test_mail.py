@@ -1,0 +1,157 @@
+"""The outbox: mails leave with their transaction, survive an SMTP outage, are sent once."""
+from __future__ import annotations
+
+import threading
+from email import message_from_bytes, policy
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import body_text
+
+
+def _queue(app, recipient="nathalie.petit@esante-test.fr", text="Votre demande a été prise en compte."):
+    from portal.db import db
+    from portal.mail import queue_mail
+
+    with app.app_context():
+        queue_mail(db.session, recipient, "Nous étudions votre demande", "test_message", text=text)
+        db.session.commit()
+
+
+def _outbox(app):
+    from portal.db import db
+    from portal.mail import OutboxMessage
+
+    with app.app_context():
+        return db.session.scalars(sa.select(OutboxMessage).order_by(OutboxMessage.id)).all()
+
+
+def test_mail_is_delivered_by_smtp_right_after_commit(app, mailbox):
+    _queue(app)
+    message = mailbox.last("nathalie.petit@esante-test.fr")
+    assert message["Subject"] == "Nous étudions votre demande"
+    assert message["From"] == "eSanté Test <ne-pas-repondre@esante-test.fr>"
+    assert "Votre demande a été prise en compte." in body_text(message)
+    html = message.get_body(preferencelist=("html",)).get_content()
+    assert "<p>Votre demande a été prise en compte.</p>" in html
+    [row] = _outbox(app)
+    assert row.status == "sent" and row.attempts == 1 and row.message_id == message["Message-ID"]
+
+
+def test_rolled_back_transaction_sends_nothing(app, mailbox):
+    from portal.db import db
+    from portal.mail import queue_mail
+
+    with app.app_context():
+        queue_mail(db.session, "a.b@esante-test.fr", "Sujet", "test_message", text="x")
+        db.session.rollback()
+        db.session.commit()
+    assert mailbox.messages == []
+    assert _outbox(app) == []
+
+
+def test_no_mail_is_lost_when_smtp_is_down_then_delivered_later(app, smtp_server, mailbox, clock):
+    from portal.mail import deliver
+
+    smtp_server.stop()
+    _queue(app, text="Message pendant la panne")
+    [row] = _outbox(app)
+    assert row.status == "pending" and row.attempts == 1 and row.last_error
+
+    smtp_server.start()
+    with app.app_context():
+        assert deliver().sent == 0  # not due yet: backoff
+        clock.advance(seconds=31)
+        report = deliver()
+    assert report.sent == 1
+    assert "Message pendant la panne" in body_text(mailbox.last())
+    [row] = _outbox(app)
+    assert row.status == "sent" and row.attempts == 2
+
+
+def test_backoff_grows_and_is_capped():
+    from portal.mail import backoff
+
+    assert [backoff(n).total_seconds() for n in (1, 2, 3)] == [30, 60, 120]
+    assert backoff(50).total_seconds() == 3600
+
+
+def test_a_message_is_sent_once_even_with_concurrent_deliverers(app, smtp_server, mailbox, clock):
+    from portal.mail import deliver
+
+    smtp_server.stop()
+    for i in range(5):
+        _queue(app, recipient=f"user{i}@esante-test.fr")
+    smtp_server.start()
+    clock.advance(seconds=60)
+    reports = []
+
+    def run():
+        with app.app_context():
+            reports.append(deliver())
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(r.sent for r in reports) == 5
+    assert sorted(m["To"] for m in mailbox.messages) == [f"user{i}@esante-test.fr" for i in range(5)]
+
+
+def test_stale_claim_of_a_crashed_sender_is_taken_over(app, mailbox, clock):
+    from portal.db import db
+    from portal.mail import OutboxMessage, deliver
+
+    with app.app_context():
+        from portal.mail import queue_mail
+
+        queue_mail(db.session, "x.y@esante-test.fr", "Sujet", "test_message", text="x")
+        db.session.info.pop("enrs_outbox")  # as if the process died right after commit
+        db.session.commit()
+        db.session.execute(sa.update(OutboxMessage).values(status="sending", claimed_until=clock() + __import__("datetime").timedelta(seconds=120)))
+        db.session.commit()
+        assert deliver().sent == 0
+        clock.advance(seconds=121)
+        assert deliver().sent == 1
+    assert len(mailbox.to("x.y@esante-test.fr")) == 1
+
+
+def test_header_injection_in_recipient_is_refused(app):
+    from portal.db import db
+    from portal.mail import queue_mail
+
+    with app.app_context(), pytest.raises(ValueError):
+        queue_mail(db.session, "a@b.fr\r\nBcc: victim@x.fr", "Sujet", "test_message", text="x")
+
+
+def test_development_writes_one_eml_file_per_message(app_env, tmp_path, clock):
+    from portal.app import create_app
+
+    folder = tmp_path / "mails"
+    app = create_app({**app_env, "ENRS_MAIL_URL": f"file://{folder}"}, clock=clock)
+    _queue(app, recipient="dev@esante-test.fr", text="Bonjour le développeur")
+    [path] = list(folder.glob("*.eml"))
+    message = message_from_bytes(path.read_bytes(), policy=policy.default)
+    assert message["To"] == "dev@esante-test.fr"
+    assert "Bonjour le développeur" in body_text(message)
+    assert not list(folder.glob(".tmp-*"))
+
+
+def test_enrs_mail_deliver_retries_the_outbox(app_env, smtp_server, mailbox, clock, monkeypatch):
+    from click.testing import CliRunner
+
+    import portal.cli
+    from portal.app import create_app
+
+    smtp_server.stop()
+    app = create_app(app_env, clock=clock)
+    _queue(app, recipient="cli@esante-test.fr")
+    smtp_server.start()
+    clock.advance(seconds=3600)
+    monkeypatch.setattr(portal.cli, "_app", app)
+    result = CliRunner().invoke(portal.cli.main, ["mail", "deliver"])
+    assert result.exit_code == 0, result.output
+    assert "1 envoyé(s), 0 en échec" in result.output
+    assert mailbox.to("cli@esante-test.fr")
