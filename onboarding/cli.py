@@ -5,6 +5,39 @@ from typing import Callable
 
 import click
 
+SHOWN_REJECTIONS = 20
+
 
 def register(main: click.Group, with_app: Callable, command_error: type[click.ClickException]) -> None:
     """Attach onboarding's commands to the `enrs` group."""
+
+    @main.group("finess")
+    def finess_group() -> None:
+        """FINESS referential of establishments."""
+
+    @finess_group.command("import")
+    @click.argument("file")
+    @with_app
+    def finess_import(file: str) -> None:
+        """Import the official FINESS extraction (etalab-cs1100507-stock-*.csv).
+
+        Creates and updates establishments, closes those absent from the file (unless the
+        file is incomplete), prints a summary and the first rejected lines."""
+        from onboarding.finess import FinessFileError, import_finess
+        from portal.db import db
+
+        try:
+            report = import_finess(db.session, file)
+        except FinessFileError as exc:
+            raise command_error(f"{exc} ; rien n'a été importé") from None
+        except FileNotFoundError:
+            raise command_error(f"fichier introuvable : {file}") from None
+        except OSError as exc:
+            raise command_error(f"impossible de lire {file} : {exc.strerror or exc}") from None
+        click.echo(report.summary())
+        for rejection in report.rejections[:SHOWN_REJECTIONS]:
+            click.echo(f"  {rejection}")
+        if report.rejected > SHOWN_REJECTIONS:
+            click.echo(f"  … et {report.rejected - SHOWN_REJECTIONS} autres lignes rejetées")
+        if report.is_truncated:
+            raise command_error(report.truncation_message())

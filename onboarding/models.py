@@ -2,7 +2,7 @@
 registrations."""
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
@@ -24,3 +24,83 @@ class CaptchaChallenge(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
+
+
+class Establishment(Base):
+    """A site of the FINESS referential (an "établissement géographique").
+
+    Rows are never deleted: an establishment missing from a newer extraction is marked
+    closed, because accounts and access requests keep pointing at it.
+    """
+
+    __tablename__ = "establishments"
+    __table_args__ = (sa.Index("ix_establishments_department_code", "department_code"),)
+
+    finess: Mapped[str] = mapped_column(sa.String(9), primary_key=True)  # nofinesset
+    finess_juridique: Mapped[str | None] = mapped_column(sa.String(9))  # nofinessej
+    name: Mapped[str] = mapped_column(sa.String(255))  # rs
+    long_name: Mapped[str | None] = mapped_column(sa.String(255))  # rslongue
+    name_complement: Mapped[str | None] = mapped_column(sa.String(255))  # complrs
+    distribution_complement: Mapped[str | None] = mapped_column(sa.String(255))  # compldistrib
+    street_number: Mapped[str | None] = mapped_column(sa.String(16))  # numvoie
+    street_type: Mapped[str | None] = mapped_column(sa.String(16))  # typvoie
+    street: Mapped[str | None] = mapped_column(sa.String(255))  # voie
+    street_number_suffix: Mapped[str | None] = mapped_column(sa.String(16))  # compvoie
+    locality: Mapped[str | None] = mapped_column(sa.String(255))  # lieuditbp
+    routing_line: Mapped[str | None] = mapped_column(sa.String(255))  # ligneacheminement
+    postal_code: Mapped[str | None] = mapped_column(sa.String(5))
+    city: Mapped[str | None] = mapped_column(sa.String(255))
+    commune_code: Mapped[str | None] = mapped_column(sa.String(3))  # commune (within the département)
+    department_code: Mapped[str] = mapped_column(sa.String(3))
+    department_name: Mapped[str | None] = mapped_column(sa.String(64))
+    category_code: Mapped[str | None] = mapped_column(sa.String(8))  # categetab
+    category_label: Mapped[str | None] = mapped_column(sa.String(255))
+    category_group_code: Mapped[str | None] = mapped_column(sa.String(8))  # categagretab
+    category_group_label: Mapped[str | None] = mapped_column(sa.String(255))
+    phone: Mapped[str | None] = mapped_column(sa.String(32))
+    fax: Mapped[str | None] = mapped_column(sa.String(32))
+    siret: Mapped[str | None] = mapped_column(sa.String(14))
+    opened_on: Mapped[date | None]  # dateouv
+    authorized_on: Mapped[date | None]  # dateautor
+    finess_updated_on: Mapped[date | None]  # datemaj
+    closed_at: Mapped[datetime | None]
+    source: Mapped[str] = mapped_column(sa.String(8))  # finess | demo
+    # Digest of the source line: a re-import rewrites only the rows whose digest changed.
+    fingerprint: Mapped[str] = mapped_column(sa.String(32))
+    # Normalised short and long names, one per line, for ranking search results.
+    name_key: Mapped[str] = mapped_column(sa.Text)
+    # Every normalised search word of the row, space-separated (the same words as its terms).
+    search_text: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    @property
+    def is_open(self) -> bool:
+        return self.closed_at is None
+
+    @property
+    def street_line(self) -> str | None:
+        number = " ".join(p for p in (self.street_number, self.street_number_suffix) if p)
+        line = " ".join(p for p in (number, self.street_type, self.street) if p)
+        return line or None
+
+    @property
+    def address_lines(self) -> list[str]:
+        """The postal address as the FINESS gives it, without the establishment's name."""
+        lines = [self.name_complement, self.distribution_complement, self.street_line,
+                 self.locality, self.routing_line]
+        return [line for line in lines if line]
+
+
+class EstablishmentTerm(Base):
+    """One normalised word of an establishment (name, city, postal code): a prefix range
+    scan on `term` finds the establishments whose words start with what was typed, on
+    SQLite and PostgreSQL alike."""
+
+    __tablename__ = "establishment_terms"
+    __table_args__ = (sa.Index("ix_establishment_terms_finess_term", "finess", "term"),)
+
+    term: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    finess: Mapped[str] = mapped_column(
+        sa.String(9), sa.ForeignKey("establishments.finess", ondelete="CASCADE"), primary_key=True
+    )

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench` runs each module and writes JSON into bench/results/."""
