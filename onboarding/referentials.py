@@ -1,6 +1,300 @@
-"""The referentials: professions (TRE_G15) and the FINESS establishments (import, search)."""
+"""The referentials: professions (TRE_G15) and the FINESS establishments (search, JSON API).
+
+Establishment search must answer an autocomplete within a few milliseconds over the
+~100,000 establishments of the national file, on SQLite and PostgreSQL alike, so it uses
+no full-text extension: each establishment's normalised words are rows of
+`establishment_terms`, and a typed word is a prefix range scan on that table's primary
+key. The rarest typed word drives the scan; the other words are checked with an index
+probe per candidate; a bounded candidate set is ranked in Python.
+"""
 from __future__ import annotations
 
-from flask import Blueprint
+import csv
+import io
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from urllib.parse import unquote_to_bytes
+
+import sqlalchemy as sa
+from flask import Blueprint, jsonify, request
+from sqlalchemy.orm import Session
+from unidecode import unidecode
+
+from onboarding.finess import (
+    FINESS_ALPHABET,
+    department_of,
+    is_valid_finess,
+    load_demo_establishments,
+    prefix_upper_bound,
+    search_words,
+)
+from onboarding.models import Establishment, EstablishmentTerm
+from portal.db import db
+from portal.security import limiter
+
+__all__ = [
+    "Profession", "professions", "profession_label", "is_valid_finess", "department_of",
+    "search_establishments", "get_establishment", "establishment_json",
+    "load_demo_establishments", "bp",
+]
 
 bp = Blueprint("referentials", __name__)
+
+# -- professions ------------------------------------------------------------------------
+
+OTHER_PROFESSION_CODE = "autre"
+_FIRST_PROFESSION_CODE = "10"  # Médecin: by far the most frequent choice, listed first
+
+
+@dataclass(frozen=True)
+class Profession:
+    code: str
+    label: str
+
+
+@lru_cache(maxsize=1)
+def _profession_table() -> tuple[Profession, ...]:
+    text = (resources.files("onboarding") / "data" / "professions.csv").read_text(encoding="utf-8")
+    rows = csv.DictReader(io.StringIO(text), delimiter=";")
+    table = [Profession(row["code"].strip(), row["label"].strip()) for row in rows]
+    table.sort(key=lambda p: (p.code != _FIRST_PROFESSION_CODE, unidecode(p.label).lower()))
+    table.append(Profession(OTHER_PROFESSION_CODE, "Autre"))
+    return tuple(table)
+
+
+def professions() -> list[Profession]:
+    """The choices of the registration form: Médecin, then alphabetical, then "Autre"."""
+    return list(_profession_table())
+
+
+def profession_label(code: str | None) -> str | None:
+    for profession in _profession_table():
+        if profession.code == code:
+            return profession.label
+    return None
+
+
+# -- establishment search ---------------------------------------------------------------
+
+DEFAULT_LIMIT = 10
+MAX_LIMIT = 50
+MAX_QUERY_LENGTH = 200
+MAX_QUERY_WORDS = 6
+# The driving word's range is counted up to COUNT_CAP rows: below it, scanning that range
+# whole is cheap; at it, every word is common and the scan is cut at COMMON_SCAN rows
+# (bounding the worst query, two common words that seldom meet, to a few milliseconds).
+COUNT_CAP = 1000
+COMMON_SCAN = 2000
+# How many matching establishments are ranked in Python.
+CANDIDATE_CAP = 200
+
+_FINESS_LIKE = re.compile(r"(?:[0-9]{2}|2[AB])[0-9]{0,7}")
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    finess: str
+    name_key: str
+    search_text: str
+
+
+def search_establishments(session: Session, q: str | None, limit: int = DEFAULT_LIMIT) -> list[Establishment]:
+    """Open establishments matching `q`, best first: the exact FINESS, then FINESS
+    numbers starting with it, then names starting with the typed words, then names
+    holding them all, then establishments whose words (city, postal code) hold them."""
+    q = (q or "").strip()[:MAX_QUERY_LENGTH]
+    limit = max(1, min(MAX_LIMIT, limit))
+    if len(q) < 2:
+        return []
+    compact = re.sub(r"\s+", "", q).upper()
+    finess_prefix = None
+    if _FINESS_LIKE.fullmatch(compact):
+        if len(compact) == 9:
+            found = get_establishment(session, compact)
+            return [found] if found is not None and found.is_open else []
+        finess_prefix = compact
+    words = search_words(q)[:MAX_QUERY_WORDS]
+    candidates = _candidates_by_words(session, words) if words else {}
+    if finess_prefix:
+        candidates.update(_candidates_by_finess_prefix(session, finess_prefix))
+    ranked = sorted(candidates.values(), key=lambda c: _rank(c, words, finess_prefix))[:limit]
+    return _load_in_order(session, [c.finess for c in ranked])
+
+
+def get_establishment(session: Session, finess: str | None) -> Establishment | None:
+    """The establishment of a FINESS number, open or closed; None when unknown or invalid."""
+    finess = (finess or "").strip().upper()
+    if not is_valid_finess(finess):
+        return None
+    return session.get(Establishment, finess)
+
+
+def _term_range(column: sa.ColumnElement, prefix: str, alphabet: str | None = None) -> sa.ColumnElement:
+    upper = prefix_upper_bound(prefix, alphabet) if alphabet else prefix_upper_bound(prefix)
+    if upper is None:
+        return column >= prefix
+    return sa.and_(column >= prefix, column < upper)
+
+
+def _driving_word(session: Session, words: list[str]) -> tuple[int, bool]:
+    """The index of the word with the fewest terms (counted up to COUNT_CAP, all words in
+    one round trip; among words past the cap, the longest), and whether it is common."""
+    if len(words) == 1:
+        return 0, True
+    terms = EstablishmentTerm.__table__
+    counts = []
+    for word in words:
+        capped = sa.select(sa.literal(1)).select_from(terms).where(_term_range(terms.c.term, word)).limit(COUNT_CAP).subquery()
+        counts.append(sa.select(sa.func.count()).select_from(capped).scalar_subquery())
+    row = session.execute(sa.select(*counts)).one()
+    driver = min(range(len(words)), key=lambda i: (row[i], -len(words[i])))
+    return driver, row[driver] >= COUNT_CAP
+
+
+def _candidates_by_words(session: Session, words: list[str]) -> dict[str, _Candidate]:
+    """Open establishments holding every word, read from the driving word's range.
+
+    The matching numbers are chosen in a LIMITed subquery over the terms alone (index-only
+    scans and probes), so that both databases then join at most a few hundred rows."""
+    driver, common = _driving_word(session, words)
+    terms = EstablishmentTerm.__table__
+    driving_range = _term_range(terms.c.term, words[driver])
+    if common and len(words) > 1:
+        scanned = sa.select(terms.c.finess).where(driving_range).limit(COMMON_SCAN).subquery("scanned")
+        matching = sa.select(scanned.c.finess)
+        finess_column = scanned.c.finess
+    else:
+        matching = sa.select(terms.c.finess).where(driving_range)
+        finess_column = terms.c.finess
+    other = terms.alias("other")
+    for index, word in enumerate(words):
+        if index != driver:
+            # A correlated LIMIT 1 probe rather than EXISTS: PostgreSQL would turn EXISTS
+            # into a hash semi-join over the whole range of a common word, while the
+            # driving word, being the rarest, is best checked row by row.
+            probe = (sa.select(sa.literal(1)).select_from(other)
+                     .where(other.c.finess == finess_column, _term_range(other.c.term, word))
+                     .limit(1).scalar_subquery())
+            matching = matching.where(probe.is_not(None))
+    # A prefix can match several words of one establishment: leave room for repeats.
+    limited = matching.limit(CANDIDATE_CAP + CANDIDATE_CAP // 2).subquery("limited")
+    ids = sa.select(limited.c.finess).distinct().subquery("ids")
+    e = Establishment.__table__
+    statement = (
+        sa.select(e.c.finess, e.c.name_key, e.c.search_text)
+        .select_from(ids.join(e, e.c.finess == ids.c.finess))
+        .where(e.c.closed_at.is_(None))
+    )
+    candidates: dict[str, _Candidate] = {}
+    for row in session.execute(statement):
+        candidates.setdefault(row.finess, _Candidate(*row))
+        if len(candidates) >= CANDIDATE_CAP:
+            break
+    return candidates
+
+
+def _candidates_by_finess_prefix(session: Session, prefix: str) -> dict[str, _Candidate]:
+    e = Establishment.__table__
+    statement = (
+        sa.select(e.c.finess, e.c.name_key, e.c.search_text)
+        .where(_term_range(e.c.finess, prefix, FINESS_ALPHABET), e.c.closed_at.is_(None))
+        .order_by(e.c.finess)
+        .limit(CANDIDATE_CAP)
+    )
+    return {row.finess: _Candidate(*row) for row in session.execute(statement)}
+
+
+def _rank(candidate: _Candidate, words: list[str], finess_prefix: str | None) -> tuple:
+    if finess_prefix and candidate.finess.startswith(finess_prefix):
+        return (1, 0, 0, "", candidate.finess)  # typing a number: numeric order
+    names = [[w for w in name.split() if len(w) >= 2] for name in candidate.name_key.split("\n")]
+    tokens = set(candidate.search_text.split())
+    if any(_starts_with(name, words) for name in names):
+        tier = 2
+    elif all(any(t.startswith(w) for name in names for t in name) for w in words):
+        tier = 3
+    else:
+        tier = 4
+    exact_words = sum(1 for w in words if w in tokens)
+    short_name = candidate.name_key.split("\n", 1)[0]
+    return (tier, -exact_words, len(short_name), short_name, candidate.finess)
+
+
+def _starts_with(name_words: list[str], words: list[str]) -> bool:
+    if not words or len(name_words) < len(words):
+        return False
+    return all(name_word.startswith(word) for name_word, word in zip(name_words, words))
+
+
+def _load_in_order(session: Session, finess_numbers: list[str]) -> list[Establishment]:
+    if not finess_numbers:
+        return []
+    found = session.scalars(sa.select(Establishment).where(Establishment.finess.in_(finess_numbers)))
+    by_finess = {e.finess: e for e in found}
+    return [by_finess[f] for f in finess_numbers if f in by_finess]
+
+
+def establishment_json(establishment: Establishment) -> dict[str, object]:
+    return {
+        "finess": establishment.finess,
+        "name": establishment.name,
+        "long_name": establishment.long_name,
+        "postal_code": establishment.postal_code,
+        "city": establishment.city,
+        "department": establishment.department_code,
+        "department_name": establishment.department_name,
+        "finess_juridique": establishment.finess_juridique,
+        "category": establishment.category_label,
+        "category_code": establishment.category_code,
+    }
+
+
+# -- JSON API ---------------------------------------------------------------------------
+
+# Registration is anonymous, so the autocomplete is open: the limit keeps a scraper from
+# turning it into a bulk export while leaving room for fast typists behind one NAT.
+SEARCH_RATE_LIMIT = "30 per second;600 per minute"
+
+
+def _json_error(status: int, title: str, message: str):
+    return jsonify(error=title, message=message), status
+
+
+def _query_string_is_utf8() -> bool:
+    try:
+        unquote_to_bytes(request.query_string.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _requested_limit(raw: str | None) -> int:
+    try:
+        value = int((raw or "").strip())
+    except ValueError:
+        return DEFAULT_LIMIT
+    return max(1, min(MAX_LIMIT, value))
+
+
+@bp.get("/api/establishments")
+@limiter.limit(SEARCH_RATE_LIMIT)
+def api_search_establishments():
+    if not _query_string_is_utf8():
+        return _json_error(400, "Requête invalide", "La recherche contient des caractères illisibles (encodage UTF-8 attendu).")
+    results = search_establishments(db.session, request.args.get("q", ""), _requested_limit(request.args.get("limit")))
+    return jsonify([establishment_json(e) for e in results])
+
+
+@bp.get("/api/establishments/<finess>")
+@limiter.limit(SEARCH_RATE_LIMIT)
+def api_get_establishment(finess: str):
+    if not is_valid_finess(finess.strip().upper()):
+        return _json_error(404, "Établissement introuvable", "Ce numéro FINESS n'est pas valide (9 caractères, clé de contrôle).")
+    establishment = get_establishment(db.session, finess)
+    if establishment is None:
+        return _json_error(404, "Établissement introuvable", "Aucun établissement ne porte ce numéro FINESS.")
+    if not establishment.is_open:
+        return _json_error(404, "Établissement fermé", "Cet établissement est fermé dans le répertoire FINESS.")
+    return jsonify(establishment_json(establishment) | {"address": establishment.address_lines, "phone": establishment.phone})
