@@ -63,6 +63,9 @@ def create_app(env: Mapping[str, str] | None = None, *, clock: Clock | None = No
 
     db.init_app(app, settings.database_url)
     init_security(app, hsts=settings.secure_cookies)
+    from portal import mail
+
+    mail.init_app(app)
 
     _register_blueprints(app)
     _register_error_pages(app)
@@ -72,15 +75,26 @@ def create_app(env: Mapping[str, str] | None = None, *, clock: Clock | None = No
 
 
 def _register_blueprints(app: Flask) -> None:
+    from idp import sessions
+    from idp.login import bp as login_bp
+    from onboarding.approval import bp as activation_bp
+    from onboarding.captcha import bp as captcha_bp
     from onboarding.referentials import bp as referentials_bp
+    from onboarding.registration import bp as registration_bp
+    from portal.admin import bp as admin_bp
+    from portal.cgu import bp as cgu_bp
     from portal.views import bp as portal_bp
 
-    app.register_blueprint(portal_bp)
-    app.register_blueprint(referentials_bp)
+    sessions.init_app(app)
+    for blueprint in (portal_bp, cgu_bp, referentials_bp, captcha_bp, registration_bp, activation_bp,
+                      login_bp, admin_bp):
+        app.register_blueprint(blueprint)
 
 
 def _wants_json() -> bool:
-    return request.path.startswith("/api/") or request.path.startswith("/oauth/")
+    from onboarding.captcha import is_json_path
+
+    return request.path.startswith(("/api/", "/oauth/")) or is_json_path(request.path)
 
 
 def _register_error_pages(app: Flask) -> None:
@@ -119,6 +133,10 @@ def _register_error_pages(app: Flask) -> None:
 
 
 def _register_template_globals(app: Flask, settings: Settings) -> None:
+    from onboarding.referentials import profession_label
+
+    app.add_template_filter(profession_label, "profession_label")
+
     @app.context_processor
     def _globals():
         return {"portal_name": settings.portal_name, "settings": settings}

@@ -114,6 +114,97 @@ def mail_deliver() -> None:
         sys.exit(1)
 
 
+# -- accounts ----------------------------------------------------------------------------
+
+
+@main.group("admin")
+def admin_group() -> None:
+    """Administrators of the portal."""
+
+
+@admin_group.command("create")
+@click.option("--email", required=True)
+@click.option("--role", type=click.Choice(["super", "regional"]), required=True)
+@click.option("--departments", default="", help="for a regional admin, e.g. 28,37,45")
+@click.option("--first-name", default="Administrateur")
+@click.option("--last-name", default="Portail")
+@click.option("--password", default=None, help="set now (else a link to choose it is emailed)")
+@with_app
+def admin_create(email, role, departments, first_name, last_name, password):
+    """Create an administrator (prints the login identifier)."""
+    from onboarding.accounts import ROLES, create_admin, parse_departments
+    from portal.db import db
+
+    user = create_admin(db.session, email=email, role=ROLES[role], departments=parse_departments(departments),
+                        first_name=first_name, last_name=last_name, actor=None, password=password)
+    db.session.commit()
+    click.echo(user.login)
+
+
+@main.group("user")
+def user_group() -> None:
+    """Professional accounts."""
+
+
+@user_group.command("create")
+@click.option("--email", required=True)
+@click.option("--password", required=True)
+@click.option("--first-name", required=True)
+@click.option("--last-name", required=True)
+@click.option("--profession", default="10", show_default=True, help="TRE_G15 code")
+@click.option("--finess", default=None, help="establishment of practice (FINESS géographique)")
+@with_app
+def user_create(email, password, first_name, last_name, profession, finess):
+    """Create an active professional, non-interactively (prints the login identifier)."""
+    from onboarding.accounts import create_professional
+    from portal.db import db
+
+    user = create_professional(db.session, email=email, password=password, first_name=first_name,
+                               last_name=last_name, profession=profession, finess=finess)
+    db.session.commit()
+    click.echo(user.login)
+
+
+@main.command("demo")
+@click.option("--if-empty", is_flag=True, help="do nothing when the database already has accounts")
+@with_app
+def demo(if_empty: bool) -> None:
+    """Seed demo data (development only): CGU, establishments, admins, a professional."""
+    from portal.demo import seed_demo
+
+    for line in seed_demo(if_empty=if_empty):
+        click.echo(line)
+
+
+@main.group("cgu")
+def cgu_group() -> None:
+    """Terms of use (CGU)."""
+
+
+@cgu_group.command("publish")
+@click.option("--version", "version", required=True)
+@click.option("--file", "path", required=True, type=click.Path(exists=True, dir_okay=False))
+@with_app
+def cgu_publish(version: str, path: str) -> None:
+    """Publish a new CGU version: users accept it again at their next login."""
+    from pathlib import Path
+
+    from portal import audit
+    from portal.cgu import publish_cgu
+    from portal.db import db
+
+    text = Path(path).read_text(encoding="utf-8").strip()
+    if not text:
+        raise CommandError("le fichier des CGU est vide")
+    publish_cgu(db.session, version, text)
+    audit.record(db.session, "cgu.publish", actor_label="cli", details={"version": version})
+    try:
+        db.session.commit()
+    except Exception:
+        raise CommandError(f"la version {version} existe déjà") from None
+    click.echo(f"CGU version {version} publiée.")
+
+
 # -- referentials -----------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from typing import Iterable
 from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
-from flask import current_app, has_app_context, render_template
+from flask import Flask, current_app, g, has_app_context, has_request_context, render_template
 from sqlalchemy import event
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -107,11 +107,30 @@ def _deliver_after_commit(session: Session) -> None:
     if not queued or not has_app_context():
         return
     ids = [m.id for m in queued if m.id is not None]
-    if ids:
-        try:
-            deliver(ids=ids)
-        except Exception:  # the outbox keeps them; never fail the user's committed action
-            log.exception("immediate delivery failed; messages stay in the outbox")
+    if not ids:
+        return
+    if has_request_context():
+        # The committing session still holds its connection here; delivering now would
+        # take a second one, and under a full pool every request would wait for another.
+        # The request's teardown delivers once that connection is back in the pool.
+        g.setdefault("enrs_outbox_ids", []).extend(ids)
+    else:
+        _deliver_quietly(ids)
+
+
+def _deliver_quietly(ids: list[int]) -> None:
+    try:
+        deliver(ids=ids)
+    except Exception:  # the outbox keeps them; never fail the user's committed action
+        log.exception("immediate delivery failed; messages stay in the outbox")
+
+
+def init_app(app: Flask) -> None:
+    @app.teardown_request
+    def _deliver_after_request(_exc: BaseException | None) -> None:
+        ids = g.pop("enrs_outbox_ids", None)
+        if ids:
+            _deliver_quietly(ids)
 
 
 @event.listens_for(Session, "after_soft_rollback")

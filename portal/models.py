@@ -5,8 +5,12 @@ import sqlalchemy as sa
 
 
 def load_all_models() -> sa.MetaData:
+    import idp.codes  # noqa: F401
+    import idp.models  # noqa: F401
+    import idp.sessions  # noqa: F401
     import onboarding.models  # noqa: F401
     import portal.audit  # noqa: F401
+    import portal.cgu  # noqa: F401
     import portal.mail  # noqa: F401
     from portal.db import Base
 

@@ -1,0 +1,175 @@
+"""J3 login: "Veuillez vous authentifier" (identifier + password), then the code sent by
+mail, then a server-side session."""
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+
+import sqlalchemy as sa
+from flask import Blueprint, flash, g, redirect, render_template, request, session as cookie, url_for
+from flask_wtf import FlaskForm
+from wtforms import HiddenField, PasswordField, StringField
+
+from idp import codes
+from idp.codes import CodeRefused, PendingLogin
+from idp.models import STATUS_ACTIVE, User
+from idp.passwords import hash_password, needs_rehash, verify_password
+from idp.sessions import end_session, start_session, token_digest
+from portal import audit
+from portal.clock import now
+from portal.db import db
+from portal.security import limiter, safe_next
+
+bp = Blueprint("login", __name__)
+
+PENDING_KEY = "pending_login"
+GENERIC_FAILURE = "Identifiant ou mot de passe incorrect."
+AMR_EMAIL_CODE = ["pwd", "otp", "mca"]
+ACR_EMAIL_CODE = "urn:enrs:acr:pwd-otp-email"
+
+
+class LoginForm(FlaskForm):
+    username = StringField("Identifiant ou mail pour l'authentification")
+    password = PasswordField("Mot de passe")
+    next = HiddenField()
+
+
+class CodeForm(FlaskForm):
+    code = StringField("Code reçu par mail")
+
+
+def find_account(session, username: str) -> User | None:
+    value = (username or "").strip().lower()
+    if not value or len(value) > 320:
+        return None
+    column = User.email if "@" in value else User.login
+    return session.scalar(sa.select(User).where(column == value))
+
+
+@bp.route("/login", methods=["GET", "POST"])
+@limiter.limit("30 per minute; 200 per hour", methods=["POST"])
+def login():
+    form = LoginForm()
+    if request.method == "GET":
+        form.next.data = safe_next(request.args.get("next"), "")
+        if g.get("user") is not None:
+            return redirect(safe_next(form.next.data, url_for("portal.home")))
+    if request.method == "POST" and form.validate():
+        session = db.session
+        user = find_account(session, form.username.data or "")
+        # The hash is computed whether or not the account exists (no timing oracle).
+        password_ok = verify_password(user.password_hash if user else None, form.password.data or "")
+        if user is None or not password_ok or user.status != STATUS_ACTIVE:
+            audit.record(session, "login.password_refused", outcome="failure",
+                         actor_label=(form.username.data or "")[:320],
+                         target_type="user" if user else None, target_id=user.id if user else None)
+            session.commit()
+            form.password.data = ""
+            return render_template("idp/login.html", form=form, error=GENERIC_FAILURE), 401
+        if needs_rehash(user.password_hash):
+            user.password_hash = hash_password(form.password.data)
+        token = secrets.token_urlsafe(32)
+        current = now()
+        pending = PendingLogin(
+            id=token_digest(token), user_id=user.id, created_at=current,
+            expires_at=current + codes.PENDING_LOGIN_LIFETIME,
+            next_url=safe_next(form.next.data, "") or None, user=user,
+        )
+        session.add(pending)
+        codes.send_code(session, pending)
+        audit.record(session, "login.password_ok", actor_id=user.id, actor_label=user.login,
+                     target_type="user", target_id=user.id)
+        session.commit()
+        cookie[PENDING_KEY] = token
+        return redirect(url_for("login.code"), code=303)
+    return render_template("idp/login.html", form=form, error=None)
+
+
+def _pending() -> PendingLogin | None:
+    token = cookie.get(PENDING_KEY)
+    if not token or not isinstance(token, str):
+        return None
+    pending = db.session.get(PendingLogin, token_digest(token))
+    if pending is None or pending.consumed_at is not None or pending.expires_at <= now():
+        return None
+    return pending
+
+
+def _restart(message: str):
+    cookie.pop(PENDING_KEY, None)
+    flash(message, "error")
+    return redirect(url_for("login.login"), code=303)
+
+
+@bp.route("/login/code", methods=["GET", "POST"])
+@limiter.limit("20 per minute", methods=["POST"])
+def code():
+    pending = _pending()
+    if pending is None:
+        return _restart("Votre demande de connexion a expiré. Veuillez vous authentifier à nouveau.")
+    form = CodeForm()
+    error = None
+    if request.method == "POST" and form.validate():
+        session = db.session
+        try:
+            codes.check_code(session, pending, form.code.data or "")
+        except CodeRefused as refused:
+            audit.record(session, "login.code_refused", outcome="failure", actor_id=pending.user_id,
+                         target_type="user", target_id=pending.user_id, details={"reason": refused.reason})
+            session.commit()
+            if refused.reason == "wrong":
+                error = (f"Le code saisi est incorrect. Il vous reste {refused.attempts_left} "
+                         f"essai{'s' if refused.attempts_left > 1 else ''}.")
+            elif refused.reason == "exhausted":
+                error = "Trop de codes incorrects : ce code n'est plus valable. Demandez un nouveau code."
+            elif refused.reason == "expired":
+                error = "Ce code a expiré. Demandez un nouveau code."
+            else:
+                return _restart("Ce code a déjà été utilisé. Veuillez vous authentifier à nouveau.")
+            form.code.data = ""
+            return render_template("idp/login_code.html", form=form, error=error, pending=pending), 401
+        user = pending.user
+        start_session(session, user, AMR_EMAIL_CODE, ACR_EMAIL_CODE)
+        session.commit()
+        return redirect(safe_next(pending.next_url, url_for("portal.home")), code=303)
+    return render_template("idp/login_code.html", form=form, error=error, pending=pending)
+
+
+@bp.post("/login/resend")
+@limiter.limit("5 per minute")
+def resend():
+    pending = _pending()
+    if pending is None:
+        return _restart("Votre demande de connexion a expiré. Veuillez vous authentifier à nouveau.")
+    session = db.session
+    if not codes.can_resend(pending):
+        wait = int((pending.code_sent_at + codes.RESEND_INTERVAL - now()).total_seconds()) + 1
+        flash(f"Un code vient d'être envoyé. Vous pourrez en demander un nouveau dans {wait} secondes.", "error")
+    else:
+        codes.send_code(session, pending)
+        audit.record(session, "login.code_resent", actor_id=pending.user_id, target_type="user",
+                     target_id=pending.user_id)
+        session.commit()
+        flash("Un nouveau code vous a été envoyé par mail. Le précédent n'est plus valable.", "success")
+    return redirect(url_for("login.code"), code=303)
+
+
+@bp.post("/login/cancel")
+def cancel():
+    pending = _pending()
+    if pending is not None:
+        pending.expires_at = now() - timedelta(seconds=1)
+        db.session.commit()
+    cookie.pop(PENDING_KEY, None)
+    return redirect(url_for("login.login"), code=303)
+
+
+@bp.post("/logout")
+def logout():
+    record = g.get("user_session")
+    if record is not None:
+        end_session(db.session, record)
+        db.session.commit()
+    cookie.clear()
+    flash("Vous êtes déconnecté.", "success")
+    return redirect(url_for("portal.home"), code=303)

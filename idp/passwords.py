@@ -1,0 +1,150 @@
+"""Password policy, Argon2id hashing and the generator ("Générer le mot de passe
+automatiquement")."""
+from __future__ import annotations
+
+import secrets
+import string
+import unicodedata
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from sqlalchemy.orm import Session
+from unidecode import unidecode
+
+from idp.models import PasswordHistory, User, new_security_stamp
+from portal.clock import now
+
+# argon2-cffi's RFC 9106 "low memory" profile: Argon2id, t=3, m=64 MiB, p=4 (above the
+# OWASP floor of m=19 MiB, t=2, p=1). Hashes made with older parameters are rehashed
+# at the next successful login.
+HASHER = PasswordHasher()
+
+# One hash computed for unknown users, so that a login for a missing account costs the
+# same time as one for an existing account with a wrong password.
+_DUMMY_HASH = HASHER.hash(secrets.token_urlsafe(16))
+
+HISTORY_SIZE = 5
+SPECIALS = "!#$%&()*+,-./:;<=>?@[]^_{|}~"
+
+
+@dataclass(frozen=True)
+class Policy:
+    min_length: int = 12
+    min_lower: int = 1
+    min_upper: int = 1
+    min_digits: int = 1
+    min_special: int = 1
+    history: int = HISTORY_SIZE
+
+    def rules(self) -> list[tuple[str, str, int]]:
+        """(key, French label as in the seed, minimum) for the live checklist."""
+        return [
+            ("length", "Taille minimale", self.min_length),
+            ("lower", "Minimum de minuscules", self.min_lower),
+            ("upper", "Minimum de majuscules", self.min_upper),
+            ("digit", "Minimum de chiffres", self.min_digits),
+            ("special", "Minimum de caractères spéciaux", self.min_special),
+        ]
+
+
+DEFAULT_POLICY = Policy()
+
+
+@lru_cache(maxsize=1)
+def _common_passwords() -> frozenset[str]:
+    text = resources.files("idp").joinpath("data/common_passwords.txt").read_text(encoding="utf-8")
+    return frozenset(_fold(line) for line in text.splitlines() if line.strip() and not line.startswith("#"))
+
+
+def _fold(value: str) -> str:
+    return unidecode(unicodedata.normalize("NFKC", value)).lower()
+
+
+def _counts(password: str) -> dict[str, int]:
+    return {
+        "length": len(password),
+        "lower": sum(c.islower() for c in password),
+        "upper": sum(c.isupper() for c in password),
+        "digit": sum(c.isdigit() for c in password),
+        "special": sum(not c.isalnum() and not c.isspace() for c in password),
+    }
+
+
+def policy_errors(
+    password: str,
+    *,
+    policy: Policy = DEFAULT_POLICY,
+    personal: tuple[str | None, ...] = (),
+) -> list[str]:
+    """Every rule the password breaks, each named in French (empty when it is accepted).
+
+    `personal` holds the login, names and email: a password containing one of them
+    (4 characters or more, accents and case ignored) is refused.
+    """
+    errors = []
+    counts = _counts(password)
+    for key, label, minimum in policy.rules():
+        if counts[key] < minimum:
+            errors.append(f"{label} : {minimum}")
+    folded = _fold(password)
+    for value in personal:
+        if not value:
+            continue
+        candidates = {_fold(value)}
+        if "@" in value:
+            candidates.add(_fold(value.split("@", 1)[0]))
+        if any(len(c) >= 4 and c in folded for c in candidates):
+            errors.append("Le mot de passe ne doit contenir ni votre identifiant, ni votre nom, ni votre adresse mail")
+            break
+    stripped = folded.rstrip(string.digits + SPECIALS)
+    if folded in _common_passwords() or stripped in _common_passwords():
+        errors.append("Ce mot de passe est trop courant")
+    return errors
+
+
+def hash_password(password: str) -> str:
+    return HASHER.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """Constant-cost check: an account without a password still pays for one hash."""
+    try:
+        return HASHER.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+
+
+def needs_rehash(password_hash: str) -> bool:
+    return HASHER.check_needs_rehash(password_hash)
+
+
+def reused_recently(session: Session, user: User, password: str, policy: Policy = DEFAULT_POLICY) -> bool:
+    hashes = session.scalars(
+        sa.select(PasswordHistory.password_hash)
+        .where(PasswordHistory.user_id == user.id)
+        .order_by(PasswordHistory.created_at.desc(), PasswordHistory.id.desc())
+        .limit(policy.history)
+    ).all()
+    return any(verify_password(h, password) for h in hashes)
+
+
+def set_password(session: Session, user: User, password: str) -> None:
+    """Store a new password (already checked against the policy) and remember it."""
+    user.password_hash = hash_password(password)
+    user.password_changed_at = now()
+    user.security_stamp = new_security_stamp()
+    session.add(PasswordHistory(user_id=user.id, password_hash=user.password_hash, created_at=now()))
+
+
+def generate_password(length: int = 16) -> str:
+    """A random password that satisfies the default policy (the server-side twin of the
+    page's generator button, used where JavaScript is off)."""
+    alphabet = string.ascii_letters + string.digits + SPECIALS
+    while True:
+        candidate = "".join(secrets.choice(alphabet) for _ in range(length))
+        if not policy_errors(candidate):
+            return candidate
