@@ -11,6 +11,8 @@ from importlib import resources
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
+from flask_wtf import FlaskForm
+from wtforms import PasswordField
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy.orm import Session
 from unidecode import unidecode
@@ -148,3 +150,22 @@ def generate_password(length: int = 16) -> str:
         candidate = "".join(secrets.choice(alphabet) for _ in range(length))
         if not policy_errors(candidate):
             return candidate
+
+
+class NewPasswordForm(FlaskForm):
+    password = PasswordField("Nouveau mot de passe")
+    password_confirm = PasswordField("Confirmez le mot de passe")
+
+
+def check_new_password(session: Session, user: User, form: NewPasswordForm) -> dict[str, list[str]]:
+    """Every reason to refuse the new password, by field, in French."""
+    errors: dict[str, list[str]] = {}
+    password = form.password.data or ""
+    rules = policy_errors(password, personal=(user.login, user.first_name, user.last_name, user.email))
+    if rules:
+        errors["password"] = rules
+    elif user.password_hash and reused_recently(session, user, password):
+        errors["password"] = ["Ce mot de passe a déjà été utilisé récemment : choisissez-en un autre."]
+    if password != (form.password_confirm.data or ""):
+        errors["password_confirm"] = ["Les deux mots de passe ne sont pas identiques."]
+    return errors

@@ -9,12 +9,12 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
-from wtforms import PasswordField, StringField
+from wtforms import StringField
 
 from idp.models import (
     STATUS_ACTIVE, STATUS_REJECTED, STATUS_REVIEW_PENDING, User, UserEstablishment,
 )
-from idp.passwords import DEFAULT_POLICY, policy_errors, reused_recently, set_password
+from idp.passwords import DEFAULT_POLICY, NewPasswordForm, check_new_password, set_password
 from idp.tokens import PURPOSE_ACTIVATE, LinkError, consume_link, make_link_token, read_link_token
 from onboarding.identity import login_candidates
 from portal import audit
@@ -22,7 +22,7 @@ from portal.clock import now
 from portal.config import current_settings
 from portal.db import db
 from portal.mail import queue_mail
-from portal.security import limiter
+from portal.security import external_url, limiter
 
 bp = Blueprint("activation", __name__)
 
@@ -163,7 +163,7 @@ def assign_login(session: Session, user: User) -> str:
 
 
 def send_credentials(session: Session, user: User) -> None:
-    link = url_for("activation.set_first_password", token=make_link_token(user, PURPOSE_ACTIVATE), _external=True)
+    link = external_url("activation.set_first_password", token=make_link_token(user, PURPOSE_ACTIVATE))
     queue_mail(session, user.email, f"{current_settings().portal_name} : vos identifiants", "account_credentials",
                user=user, link=link)
 
@@ -182,24 +182,6 @@ def invalid_link_page(reason: str):
 
 
 # -- first password ------------------------------------------------------------------------------
-
-
-class NewPasswordForm(FlaskForm):
-    password = PasswordField("Nouveau mot de passe")
-    password_confirm = PasswordField("Confirmez le mot de passe")
-
-
-def check_new_password(session: Session, user: User, form: NewPasswordForm) -> dict[str, list[str]]:
-    errors: dict[str, list[str]] = {}
-    password = form.password.data or ""
-    rules = policy_errors(password, personal=(user.login, user.first_name, user.last_name, user.email))
-    if rules:
-        errors["password"] = rules
-    elif user.password_hash and reused_recently(session, user, password):
-        errors["password"] = ["Ce mot de passe a déjà été utilisé récemment : choisissez-en un autre."]
-    if password != (form.password_confirm.data or ""):
-        errors["password_confirm"] = ["Les deux mots de passe ne sont pas identiques."]
-    return errors
 
 
 @bp.route("/activate/<token>", methods=["GET", "POST"])
@@ -229,5 +211,6 @@ def set_first_password(token: str):
                   f"identifiant {user.login}.", "success")
             return redirect(url_for("login.login"), code=303)
     return render_template(
-        "onboarding/set_password.html", form=form, errors=errors, user=user, policy=DEFAULT_POLICY,
+        "idp/set_password.html", form=form, errors=errors, user=user, policy=DEFAULT_POLICY,
+        heading="Choisissez votre mot de passe",
     ), (422 if errors else 200)

@@ -216,7 +216,7 @@ class EstablishmentRecord:
 def parse_header(line: str) -> Header:
     parts = line.lstrip("\ufeff").rstrip("\r\n").split(";")
     if len(parts) < 3 or parts[0].strip().lower() != "finess" or parts[1].strip().lower() != "etalab":
-        shown = line.strip()[:60]
+        shown = "".join(c if c.isprintable() else "?" for c in line.strip()[:60])
         raise LineError(
             "ce fichier n'est pas une extraction FINESS : la première ligne devrait commencer par "
             f"« finess;etalab; » et c'est « {shown} »"
@@ -527,11 +527,15 @@ class _BatchWriter:
         self.pending: list[EstablishmentRecord] = []
         self.table = Establishment.__table__
         self.terms = EstablishmentTerm.__table__
-        self.known = self._load_known()
 
-    def _load_known(self) -> dict[str, _Known]:
+    def _known(self, records: list[EstablishmentRecord]) -> dict[str, _Known]:
+        """What the database holds for this batch (looked up per batch: memory stays flat
+        whatever the size of the referential)."""
         t = self.table
-        rows = self.session.execute(sa.select(t.c.finess, t.c.fingerprint, t.c.closed_at, t.c.source))
+        rows = self.session.execute(
+            sa.select(t.c.finess, t.c.fingerprint, t.c.closed_at, t.c.source)
+            .where(t.c.finess.in_([r.finess for r in records]))
+        )
         return {finess: _Known(fp, closed is not None, src) for finess, fp, closed, src in rows}
 
     def add(self, record: EstablishmentRecord) -> None:
@@ -542,19 +546,17 @@ class _BatchWriter:
     def flush(self) -> None:
         if not self.pending:
             return
-        created, changed = self._classify(self.pending)
+        created, changed = self._classify(self.pending, self._known(self.pending))
         at = now()
         self._insert(created, at)
         self._update(changed, at)
         self.session.commit()
-        for record in (*created, *changed):
-            self.known[record.finess] = _Known(record.fingerprint, False, self.source)
         self.pending = []
 
-    def _classify(self, records: list[EstablishmentRecord]) -> tuple[list, list]:
+    def _classify(self, records: list[EstablishmentRecord], known_rows: dict[str, _Known]) -> tuple[list, list]:
         created, changed = [], []
         for record in records:
-            known = self.known.get(record.finess)
+            known = known_rows.get(record.finess)
             if known is None:
                 created.append(record)
                 self.report.created += 1
@@ -600,9 +602,11 @@ class _BatchWriter:
 
     def close_absent(self, seen: dict[str, int]) -> int:
         """Mark closed the open establishments of this source that the file no longer lists."""
-        absent = [finess for finess, known in self.known.items()
-                  if not known.closed and known.source == self.source and finess not in seen]
         t = self.table
+        open_ones = self.session.scalars(
+            sa.select(t.c.finess).where(t.c.closed_at.is_(None), t.c.source == self.source)
+        )
+        absent = [finess for finess in open_ones if finess not in seen]
         at = now()
         for start in range(0, len(absent), BATCH_SIZE):
             chunk = absent[start:start + BATCH_SIZE]
@@ -627,7 +631,8 @@ def refresh_statistics(session: Session) -> None:
         with bind.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             connection.exec_driver_sql(f"VACUUM (ANALYZE) {', '.join(tables)}")
     else:
-        session.execute(sa.text("ANALYZE"))
+        for table in tables:
+            session.execute(sa.text(f"ANALYZE {table}"))
         session.commit()
 
 

@@ -28,7 +28,7 @@ from portal.clock import now
 from portal.config import current_settings
 from portal.db import db
 from portal.mail import queue_mail
-from portal.security import limiter
+from portal.security import external_url, limiter
 
 log = logging.getLogger("enrs.registration")
 
@@ -288,7 +288,7 @@ def create_registration(session: Session, form: RegistrationForm, reg: Registrat
 
 
 def send_verification(session: Session, user: User) -> None:
-    link = url_for("registration.verify", token=make_link_token(user, PURPOSE_VERIFY_EMAIL), _external=True)
+    link = external_url("registration.verify", token=make_link_token(user, PURPOSE_VERIFY_EMAIL))
     queue_mail(session, user.email, "Validation de votre inscription", "registration_verify",
                user=user, link=link)
 
@@ -299,8 +299,7 @@ def _notify_existing_owner(session: Session, user: User) -> None:
         send_verification(session, user)
         return
     queue_mail(session, user.email, "Tentative d'inscription avec votre adresse", "registration_existing",
-               user=user, login_url=url_for("portal.home", _external=True).rstrip("/") + "/login",
-               reset_url=url_for("portal.home", _external=True).rstrip("/") + "/password/reset")
+               user=user, login_url=external_url("login.login"), reset_url=external_url("reset.request_reset"))
 
 
 # -- views ----------------------------------------------------------------------------------

@@ -66,3 +66,20 @@ def safe_next(target: str | None, default: str = "/") -> str:
     if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
         return default
     return target
+
+
+def external_url(endpoint: str, **values: object) -> str:
+    """An absolute URL on the configured ENRS_BASE_URL, for emails and redirects to apps.
+
+    Never built from the request's Host header: a forged Host must not end up in a
+    password or activation link sent to a real mailbox.
+    """
+    from flask import current_app
+    from werkzeug.routing import MapAdapter
+
+    adapter: MapAdapter | None = current_app.extensions.get("enrs.url_adapter")
+    if adapter is None:
+        base = urlsplit(current_app.extensions["enrs.settings"].base_url)
+        adapter = current_app.url_map.bind(base.netloc, script_name=base.path or "/", url_scheme=base.scheme)
+        current_app.extensions["enrs.url_adapter"] = adapter
+    return adapter.build(endpoint, values, force_external=True)

@@ -1,0 +1,246 @@
+"""J3: identifier + password, then the code received by mail; logout; password reset."""
+from __future__ import annotations
+
+import re
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import body_text
+from tests.journeys import csrf, error_for, field_value, link_in, login, path_of
+
+PASSWORD = "Hopital-Dreux-2026"
+EMAIL = "nathalie.dupont@esante-test.fr"
+
+
+@pytest.fixture
+def portal(app):
+    from onboarding.accounts import create_professional
+    from portal.db import db
+
+    with app.app_context():
+        create_professional(db.session, email=EMAIL, password=PASSWORD, first_name="Nathalie", last_name="Dupont",
+                            profession="10", finess=None)
+        db.session.commit()
+    return app
+
+
+def post_password(client, username, password, next_url=""):
+    page = client.get("/login").get_data(as_text=True)
+    return client.post("/login", data={"csrf_token": csrf(page), "username": username, "password": password,
+                                       "next": next_url})
+
+
+def code_from(mailbox) -> str:
+    return re.search(r"Votre code d'authentification unique est : (\d{6})", body_text(mailbox.last(EMAIL))).group(1)
+
+
+def post_code(client, code):
+    page = client.get("/login/code").get_data(as_text=True)
+    return client.post("/login/code", data={"csrf_token": csrf(page), "code": code})
+
+
+def test_professional_logs_in_with_the_code_received_by_mail(portal, client, mailbox):
+    response = post_password(client, "ndupont", PASSWORD)
+    assert response.status_code == 303 and response.headers["Location"].endswith("/login/code")
+    message = mailbox.last(EMAIL)
+    assert message["Subject"] == "[eSanté Test] Code d'authentification"
+    assert "Il expire dans : 1200 secondes." in body_text(message)
+    page = client.get("/login/code").get_data(as_text=True)
+    assert "Un code vous a été envoyé par mail, entrez-le ici" in page
+    assert "Renvoyer un code" in page and "Annuler" in page
+    response = post_code(client, code_from(mailbox))
+    assert response.status_code == 303
+    home = client.get("/").get_data(as_text=True)
+    assert "Se déconnecter" in home
+
+
+def test_login_with_the_authentication_email_works_too(portal, client, mailbox):
+    assert post_password(client, "Nathalie.Dupont@esante-test.fr", PASSWORD).status_code == 303
+
+
+@pytest.mark.parametrize("username, password", [
+    ("ndupont", "Mauvais-Mot-De-Passe-1"),
+    ("inconnu", PASSWORD),
+    ("inconnu@esante-test.fr", PASSWORD),
+    ("", ""),
+])
+def test_failed_login_never_says_whether_the_account_exists(portal, client, mailbox, username, password):
+    response = post_password(client, username, password)
+    assert response.status_code == 401
+    html = response.get_data(as_text=True)
+    assert "Identifiant ou mot de passe incorrect." in html
+    assert field_value(html, "username") == username or username == ""
+    assert mailbox.messages == []
+
+
+@pytest.mark.parametrize("status", ["email_pending", "review_pending", "rejected", "disabled"])
+def test_accounts_not_active_get_the_same_message(portal, client, mailbox, status):
+    from idp.models import User
+    from portal.db import db
+
+    with portal.app_context():
+        db.session.execute(sa.update(User).values(status=status))
+        db.session.commit()
+    response = post_password(client, "ndupont", PASSWORD)
+    assert response.status_code == 401
+    assert "Identifiant ou mot de passe incorrect." in response.get_data(as_text=True)
+
+
+def test_code_step_cannot_be_reached_without_the_password_step(portal, client):
+    response = client.get("/login/code")
+    assert response.status_code == 303 and response.headers["Location"].endswith("/login")
+
+
+def test_wrong_codes_count_down_then_void_the_code(portal, client, mailbox):
+    post_password(client, "ndupont", PASSWORD)
+    right = code_from(mailbox)
+    wrong = "000000" if right != "000000" else "111111"
+    for left in (4, 3, 2, 1):
+        response = post_code(client, wrong)
+        assert response.status_code == 401
+        assert f"Il vous reste {left} essai" in error_for(response.get_data(as_text=True), "code")
+    response = post_code(client, wrong)
+    assert "Trop de codes incorrects" in error_for(response.get_data(as_text=True), "code")
+    response = post_code(client, right)
+    assert response.status_code == 401  # the right code is void now too
+
+
+def test_code_expires_after_1200_seconds(portal, client, mailbox, clock):
+    post_password(client, "ndupont", PASSWORD)
+    code = code_from(mailbox)
+    clock.advance(seconds=1201)
+    response = post_code(client, code)
+    assert response.status_code == 401
+    assert error_for(response.get_data(as_text=True), "code") == "Ce code a expiré. Demandez un nouveau code."
+
+
+def test_resend_is_throttled_and_voids_the_previous_code(portal, client, mailbox, clock):
+    post_password(client, "ndupont", PASSWORD)
+    first = code_from(mailbox)
+    page = client.get("/login/code").get_data(as_text=True)
+    response = client.post("/login/resend", data={"csrf_token": csrf(page)}, follow_redirects=True)
+    assert "Vous pourrez en demander un nouveau dans" in response.get_data(as_text=True)
+    assert len(mailbox.to(EMAIL)) == 1
+    clock.advance(seconds=61)
+    client.post("/login/resend", data={"csrf_token": csrf(page)})
+    second = code_from(mailbox)
+    assert len(mailbox.to(EMAIL)) == 2
+    if first != second:
+        assert post_code(client, first).status_code == 401
+    assert post_code(client, second).status_code == 303
+
+
+def test_a_code_works_once_even_submitted_twice_at_once(portal, mailbox):
+    client = portal.test_client()
+    post_password(client, "ndupont", PASSWORD)
+    code = code_from(mailbox)
+    page = client.get("/login/code").get_data(as_text=True)
+    token = csrf(page)
+    cookie = client.get_cookie("enrs").value
+    statuses = []
+
+    def submit():
+        other = portal.test_client()
+        other.set_cookie("enrs", cookie)
+        statuses.append(other.post("/login/code", data={"csrf_token": token, "code": code}).status_code)
+
+    threads = [threading.Thread(target=submit) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [303, 303]  # the loser is sent back to the login page
+    from idp.sessions import UserSession
+    from portal.db import db
+
+    with portal.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(UserSession)) == 1
+
+
+@pytest.mark.parametrize("target, expected", [
+    ("/admin/", "/admin/"),
+    ("https://evil.example/", "/"),
+    ("//evil.example/x", "/"),
+    ("/\\evil.example", "/"),
+    ("javascript:alert(1)", "/"),
+])
+def test_next_only_leads_to_a_page_of_the_portal(portal, mailbox, target, expected):
+    client = portal.test_client()
+    post_password(client, "ndupont", PASSWORD, next_url=target)
+    response = post_code(client, code_from(mailbox))
+    assert response.headers["Location"] == expected
+
+
+def test_logout_really_ends_the_session(portal, client, mailbox):
+    assert login(client, mailbox, "ndupont", PASSWORD, EMAIL).status_code == 303
+    cookie = client.get_cookie("enrs").value
+    page = client.get("/").get_data(as_text=True)
+    client.post("/logout", data={"csrf_token": csrf(page)})
+    replay = portal.test_client()
+    replay.set_cookie("enrs", cookie)  # an old copy of the cookie is worth nothing
+    assert "Se déconnecter" not in replay.get("/").get_data(as_text=True)
+
+
+def test_session_ends_after_the_idle_timeout(portal, client, mailbox, clock):
+    login(client, mailbox, "ndupont", PASSWORD, EMAIL)
+    clock.advance(minutes=29)
+    assert "Se déconnecter" in client.get("/").get_data(as_text=True)
+    clock.advance(minutes=31)
+    assert "Se déconnecter" not in client.get("/").get_data(as_text=True)
+
+
+def test_password_reset_answers_the_same_and_ends_every_session(portal, client, mailbox):
+    other_device = portal.test_client()
+    login(other_device, mailbox, "ndupont", PASSWORD, EMAIL)
+    mailbox.clear()
+
+    page = client.get("/password/reset").get_data(as_text=True)
+    unknown = client.post("/password/reset", data={"csrf_token": csrf(page), "email": "x@esante-test.fr"},
+                          follow_redirects=True).get_data(as_text=True)
+    known = client.post("/password/reset", data={"csrf_token": csrf(page), "email": EMAIL},
+                        follow_redirects=True).get_data(as_text=True)
+    assert "Si un compte actif correspond à cette adresse" in unknown and "Si un compte actif" in known
+    link = path_of(link_in(mailbox.last(EMAIL), "/password/reset/"))
+    assert len(mailbox.messages) == 1
+
+    page = client.get(link).get_data(as_text=True)
+    weak = client.post(link, data={"csrf_token": csrf(page), "password": "faible", "password_confirm": "faible"})
+    assert weak.status_code == 422
+    reused = client.post(link, data={"csrf_token": csrf(page), "password": PASSWORD, "password_confirm": PASSWORD})
+    assert "déjà été utilisé récemment" in error_for(reused.get_data(as_text=True), "password")
+    done = client.post(link, data={"csrf_token": csrf(page), "password": "Nouveau-Secret-2027",
+                                   "password_confirm": "Nouveau-Secret-2027"})
+    assert done.status_code == 303
+    assert client.get(link).status_code == 400  # single use
+    assert "Se déconnecter" not in other_device.get("/").get_data(as_text=True)
+    assert "modifié" in mailbox.last(EMAIL)["Subject"]
+    assert login(portal.test_client(), mailbox, "ndupont", "Nouveau-Secret-2027", EMAIL).status_code == 303
+
+
+def test_reset_link_dies_when_the_password_changes_otherwise_and_after_an_hour(portal, client, mailbox, clock):
+    page = client.get("/password/reset").get_data(as_text=True)
+    client.post("/password/reset", data={"csrf_token": csrf(page), "email": EMAIL})
+    first = path_of(link_in(mailbox.last(EMAIL), "/password/reset/"))
+    client.post("/password/reset", data={"csrf_token": csrf(page), "email": EMAIL})
+    second = path_of(link_in(mailbox.last(EMAIL), "/password/reset/"))
+    page = client.get(second).get_data(as_text=True)
+    client.post(second, data={"csrf_token": csrf(page), "password": "Nouveau-Secret-2027",
+                              "password_confirm": "Nouveau-Secret-2027"})
+    assert client.get(first).status_code == 400
+
+    client.post("/password/reset", data={"csrf_token": csrf(page), "email": EMAIL})
+    third = path_of(link_in(mailbox.last(EMAIL), "/password/reset/"))
+    clock.advance(minutes=61)
+    response = client.get(third)
+    assert response.status_code == 400 and "Ce lien a expiré" in response.get_data(as_text=True)
+
+
+def test_argon2id_hash_is_stored_never_the_password(portal):
+    from idp.models import User
+    from portal.db import db
+
+    with portal.app_context():
+        user = db.session.scalar(sa.select(User))
+        assert user.password_hash.startswith("$argon2id$") and PASSWORD not in user.password_hash
