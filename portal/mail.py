@@ -14,6 +14,7 @@ import smtplib
 import ssl
 import tempfile
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -22,7 +23,7 @@ from typing import Iterable
 from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
-from flask import Flask, current_app, g, has_app_context, has_request_context, render_template
+from flask import Flask, Response, current_app, g, has_app_context, has_request_context, render_template
 from sqlalchemy import event
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -112,7 +113,7 @@ def _deliver_after_commit(session: Session) -> None:
     if has_request_context():
         # The committing session still holds its connection here; delivering now would
         # take a second one, and under a full pool every request would wait for another.
-        # The request's teardown delivers once that connection is back in the pool.
+        # Delivery happens once the response is sent (see init_app).
         g.setdefault("enrs_outbox_ids", []).extend(ids)
     else:
         _deliver_quietly(ids)
@@ -126,8 +127,25 @@ def _deliver_quietly(ids: list[int]) -> None:
 
 
 def init_app(app: Flask) -> None:
+    @app.after_request
+    def _deliver_once_sent(response: Response) -> Response:
+        # The user does not wait for the SMTP server: delivery starts once the response
+        # is handed to the client. If the process dies in between, the outbox keeps the
+        # message and `enrs mail deliver` sends it.
+        ids = g.pop("enrs_outbox_ids", None)
+        if ids:
+            flask_app = current_app._get_current_object()
+
+            def deliver_now() -> None:
+                with flask_app.app_context():
+                    _deliver_quietly(ids)
+
+            response.call_on_close(deliver_now)
+        return response
+
     @app.teardown_request
-    def _deliver_after_request(_exc: BaseException | None) -> None:
+    def _deliver_left_over(_exc: BaseException | None) -> None:
+        # Commits made after the response was built (rare) are delivered here.
         ids = g.pop("enrs_outbox_ids", None)
         if ids:
             _deliver_quietly(ids)
@@ -267,6 +285,12 @@ class FolderTransport:
         pass
 
 
+@lru_cache(maxsize=1)
+def _tls_context() -> ssl.SSLContext:
+    """Loading the system's CA bundle costs tens of milliseconds: do it once per process."""
+    return ssl.create_default_context()
+
+
 class SMTPTransport:
     """One connection per delivery batch, opened on the first message."""
 
@@ -280,13 +304,13 @@ class SMTPTransport:
         self._connection: smtplib.SMTP | None = None
 
     def _connect(self) -> smtplib.SMTP:
-        context = ssl.create_default_context()
         if self.scheme == "smtps":
-            connection: smtplib.SMTP = smtplib.SMTP_SSL(self.host, self.port, timeout=SMTP_TIMEOUT_SECONDS, context=context)
+            connection: smtplib.SMTP = smtplib.SMTP_SSL(
+                self.host, self.port, timeout=SMTP_TIMEOUT_SECONDS, context=_tls_context())
         else:
             connection = smtplib.SMTP(self.host, self.port, timeout=SMTP_TIMEOUT_SECONDS)
             if self.scheme == "smtp+starttls":
-                connection.starttls(context=context)
+                connection.starttls(context=_tls_context())
         if self.username:
             connection.login(self.username, self.password or "")
         return connection

@@ -17,10 +17,25 @@ from typing import Iterator
 import pytest
 import sqlalchemy as sa
 from aiosmtpd.controller import Controller
+from flask import Flask
+from flask.testing import FlaskClient
 
 from portal.db import make_engine, upgrade
 
 PG_URL = os.environ.get("ENRS_TEST_DATABASE_URL")
+
+
+class ServerLikeClient(FlaskClient):
+    """A test client that, like every WSGI server, reads the whole response and closes it,
+    so that work scheduled for after the response (mail delivery) happens before the
+    test looks at the mailbox."""
+
+    def open(self, *args, **kwargs):
+        kwargs.setdefault("buffered", True)
+        return super().open(*args, **kwargs)
+
+
+Flask.test_client_class = ServerLikeClient
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 
 
