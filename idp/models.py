@@ -72,6 +72,11 @@ class User(Base):
     # carries the stamp it was issued with, so used or outdated links stop working.
     security_stamp: Mapped[str] = mapped_column(sa.String(32), default=new_security_stamp)
 
+    # Brute-force protection (J3): consecutive password failures and the temporary lock.
+    failed_logins: Mapped[int] = mapped_column(default=0, server_default="0")
+    last_failed_login_at: Mapped[datetime | None]
+    locked_until: Mapped[datetime | None]
+
     cgu_version_id: Mapped[int | None] = mapped_column(sa.ForeignKey("cgu_versions.id"))
     cgu_accepted_at: Mapped[datetime | None]
 
@@ -150,3 +155,30 @@ class PasswordHistory(Base):
     user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
     password_hash: Mapped[str] = mapped_column(sa.String(255))
     created_at: Mapped[datetime]
+
+
+class TotpCredential(Base):
+    """An authenticator app (TOTP) enrolled by the user; the shared secret is stored
+    encrypted with a key derived from ENRS_SECRET_KEY."""
+
+    __tablename__ = "totp_credentials"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), unique=True)
+    secret_encrypted: Mapped[str] = mapped_column(sa.String(255))
+    created_at: Mapped[datetime]
+    confirmed_at: Mapped[datetime | None]  # set once the first code proved the enrolment
+    # The last time step accepted: a code is never accepted twice (no replay).
+    last_used_step: Mapped[int | None] = mapped_column(sa.BigInteger)
+
+
+class RecoveryCode(Base):
+    """Single-use codes to log in when the authenticator app is lost (shown once)."""
+
+    __tablename__ = "recovery_codes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    code_hash: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
