@@ -17,17 +17,21 @@ def register(main: click.Group, with_app: Callable, command_error: type[click.Cl
 
     @finess_group.command("import")
     @click.argument("file")
+    @click.option("--allow-mass-closure", is_flag=True,
+                  help="close the absent establishments even if they are more than 5% of the referential")
     @with_app
-    def finess_import(file: str) -> None:
+    def finess_import(file: str, allow_mass_closure: bool) -> None:
         """Import the official FINESS extraction (etalab-cs1100507-stock-*.csv).
 
         Creates and updates establishments, closes those absent from the file (unless the
-        file is incomplete), prints a summary and the first rejected lines."""
+        file is cut short, or would close more than 5% of the referential), prints a
+        summary and the first rejected lines. Exit status 1 when the file is refused or
+        incomplete."""
         from onboarding.finess import FinessFileError, import_finess
         from portal.db import db
 
         try:
-            report = import_finess(db.session, file)
+            report = import_finess(db.session, file, allow_mass_closure=allow_mass_closure)
         except FinessFileError as exc:
             raise command_error(f"{exc} ; rien n'a été importé") from None
         except FileNotFoundError:
@@ -39,5 +43,5 @@ def register(main: click.Group, with_app: Callable, command_error: type[click.Cl
             click.echo(f"  {rejection}")
         if report.rejected > SHOWN_REJECTIONS:
             click.echo(f"  … et {report.rejected - SHOWN_REJECTIONS} autres lignes rejetées")
-        if report.is_truncated:
-            raise command_error(report.truncation_message())
+        if report.error():
+            raise command_error(report.error())

@@ -4,8 +4,9 @@ The extraction published on data.gouv.fr is one `;`-separated file: a first line
 `finess;etalab;<n>;<date>`, one `structureet;…` line per establishment (31 fields, a
 trailing `;`), then one `geolocalisation;…` line per establishment. The import streams
 it, upserts in batches (committing as it goes, so that SQLite writers elsewhere are never
-locked out for long), marks absent establishments closed, and never trusts a file that
-stops early to say which establishments disappeared.
+locked out for long) and marks absent establishments closed, but never on the word of a
+file that stops in the middle of a line, nor when the file would close more than a
+twentieth of the referential at once (a partial or regional file) unless told to.
 """
 from __future__ import annotations
 
@@ -111,6 +112,12 @@ def search_words(text: str | None) -> list[str]:
         if len(word) >= 2:
             seen.setdefault(word[:MAX_TERM_LENGTH], None)
     return list(seen)
+
+
+def name_key(name: str | None) -> str:
+    """A name as its search words, in order and repeated if need be: "CH DE L'ÉCLUSE"
+    -> "ch de ecluse", so that it starts with the words a user types from its start."""
+    return " ".join(word for word in normalise(name).split() if len(word) >= 2)[:255]
 
 
 def prefix_upper_bound(prefix: str, alphabet: str = TERM_ALPHABET) -> str | None:
@@ -288,12 +295,12 @@ def parse_structure(fields: list[str], source: str) -> EstablishmentRecord:
         if isinstance(value, str) and len(value) > length:
             values[column] = value[:length]
 
-    names = [normalise(values["name"]), normalise(values["long_name"])]  # type: ignore[arg-type]
-    terms = search_words(" ".join([*names, get("complrs") or "", city or ""]))
+    terms = search_words(" ".join([values["name"], get("rslongue") or "", get("complrs") or "", city or ""]))  # type: ignore[list-item]
     terms += [_ABBREVIATIONS[t] for t in terms if t in _ABBREVIATIONS and _ABBREVIATIONS[t] not in terms]
     if postal_code and postal_code not in terms:
         terms.append(postal_code)
-    values["name_key"] = "\n".join(n for n in names if n)
+    values["name_key"] = name_key(values["name"])  # type: ignore[arg-type]
+    values["long_name_key"] = name_key(values["long_name"])  # type: ignore[arg-type]
     values["search_text"] = " ".join(terms)
     digest = hashlib.blake2b(digest_size=16)
     digest.update(source.encode())
@@ -343,6 +350,10 @@ def read_lines(stream: IO[bytes] | IO[str], decoder: LineDecoder) -> Iterator[Ra
 
 BATCH_SIZE = 2000
 KEPT_REJECTIONS = 1000
+# An extraction closes a few hundred of 100,000 establishments a month. More than this
+# share (or this many, for a small referential) at once is taken for a partial file.
+MASS_CLOSURE_SHARE = 0.05
+MASS_CLOSURE_MINIMUM = 20
 
 
 @dataclass(frozen=True)
@@ -369,9 +380,10 @@ class ImportReport:
     geolocations: int = 0
     rejected: int = 0
     rejections: list[Rejection] = field(default_factory=list)
-    # Set when the file stops before its end: the line where it stops, and why we think so.
+    # Set when the file stops in the middle of a line: that line's number.
     truncated_at: int | None = None
-    truncation: str | None = None
+    # Absent establishments left open because closing them all looked like a partial file.
+    closures_withheld: int = 0
 
     @property
     def is_truncated(self) -> bool:
@@ -394,13 +406,20 @@ class ImportReport:
         )
         if self.is_truncated:
             text += " Aucun établissement n'a été fermé : le fichier est incomplet."
+        elif self.closures_withheld:
+            text += (f" {self.closures_withheld} établissements absents du fichier n'ont pas été fermés :"
+                     " c'est plus d'un vingtième du référentiel, le fichier semble partiel.")
         return text
 
-    def truncation_message(self) -> str | None:
-        if not self.is_truncated:
-            return None
-        return (f"fichier tronqué à la ligne {self.truncated_at} ({self.truncation}) : "
-                "les lignes lues ont été importées, aucun établissement n'a été fermé")
+    def error(self) -> str | None:
+        """What the operator must look at, in one line; None when the import is complete."""
+        if self.is_truncated:
+            return (f"fichier tronqué à la ligne {self.truncated_at} (la ligne est incomplète) : "
+                    "les lignes lues ont été importées, aucun établissement n'a été fermé")
+        if self.closures_withheld:
+            return (f"fermeture de {self.closures_withheld} établissements refusée (fichier partiel ?) ; "
+                    "si l'extraction est bien complète, relancez avec --allow-mass-closure")
+        return None
 
     def audit_details(self) -> dict[str, object]:
         return {
@@ -415,6 +434,7 @@ class ImportReport:
             "unchanged": self.unchanged,
             "rejected": self.rejected,
             "truncated_at": self.truncated_at,
+            "closures_withheld": self.closures_withheld,
         }
 
 
@@ -430,17 +450,21 @@ class FinessFileError(ValueError):
 
 
 def import_finess(session: Session, path_or_stream: str | Path | IO[bytes] | IO[str], *,
-                  source: str = "finess") -> ImportReport:
+                  source: str = "finess", allow_mass_closure: bool = False) -> ImportReport:
     """Import a FINESS extraction; see the module docstring. Raises FinessFileError (and
-    writes nothing) when the file is not an extraction. Commits as it goes."""
+    writes nothing) when the file is not an extraction. Commits as it goes.
+
+    `allow_mass_closure`: close the absent establishments even when they are more than
+    MASS_CLOSURE_SHARE of the referential (the operator checked the file is whole)."""
     if isinstance(path_or_stream, (str, Path)):
         with open(path_or_stream, "rb") as stream:
-            return _import_stream(session, stream, source, Path(path_or_stream).name)
-    return _import_stream(session, path_or_stream, source, getattr(path_or_stream, "name", None))
+            return _import_stream(session, stream, source, Path(path_or_stream).name, allow_mass_closure)
+    return _import_stream(session, path_or_stream, source, getattr(path_or_stream, "name", None),
+                          allow_mass_closure)
 
 
 def _import_stream(session: Session, stream: IO[bytes] | IO[str], source: str,
-                   file_name: str | None) -> ImportReport:
+                   file_name: str | None, allow_mass_closure: bool) -> ImportReport:
     report = ImportReport(source=source, file_name=str(file_name) if file_name else None)
     decoder = LineDecoder()
     lines = read_lines(stream, decoder)
@@ -463,13 +487,14 @@ def _import_stream(session: Session, stream: IO[bytes] | IO[str], source: str,
     report.lines = last.number
     report.encoding = decoder.encoding
 
-    _check_completeness(report, last, header_line)
-    if not report.is_truncated:
-        report.closed = writer.close_absent(seen)
+    if not last.terminated and last is not header_line:
+        report.truncated_at = last.number
+    else:
+        _close_absent(writer, seen, report, allow_mass_closure)
     if report.created or report.updated or report.reopened or report.closed:
         refresh_statistics(session)
     audit.record(session, "finess.import", target_type="referential", target_id="finess",
-                 outcome="partial" if report.is_truncated else "success",
+                 outcome="partial" if report.error() else "success",
                  details=report.audit_details())
     session.commit()
     return report
@@ -485,8 +510,7 @@ def _read_line(line: RawLine, source: str, seen: dict[str, int], writer: "_Batch
         return
     kind = line.text.split(";", 1)[0].strip().lower()
     if kind == "geolocalisation":
-        # Coordinates (Lambert 93) are of no use to the portal; they only prove the
-        # structure lines ended, see _check_completeness.
+        # Coordinates (Lambert 93) are of no use to the portal: counted, not stored.
         report.geolocations += 1
         return
     if kind != "structureet":
@@ -505,16 +529,15 @@ def _read_line(line: RawLine, source: str, seen: dict[str, int], writer: "_Batch
     writer.add(record)
 
 
-def _check_completeness(report: ImportReport, last: RawLine, header: RawLine) -> None:
-    """Decide whether the file reached its end. A cut in the middle of a line leaves it
-    unterminated; a cut between two lines is caught because every extraction ends with
-    its geolocalisation section."""
-    if not last.terminated and last is not header:
-        report.truncated_at = last.number
-        report.truncation = "la dernière ligne est incomplète"
-    elif report.geolocations == 0:
-        report.truncated_at = last.number + 1
-        report.truncation = "la section « geolocalisation » qui termine toute extraction est absente"
+def _close_absent(writer: "_BatchWriter", seen: dict[str, int], report: ImportReport,
+                  allow_mass_closure: bool) -> None:
+    open_numbers = writer.open_numbers()
+    absent = [finess for finess in open_numbers if finess not in seen]
+    allowance = max(MASS_CLOSURE_MINIMUM, int(len(open_numbers) * MASS_CLOSURE_SHARE))
+    if len(absent) > allowance and not allow_mass_closure:
+        report.closures_withheld = len(absent)
+    else:
+        report.closed = writer.close(absent)
 
 
 class _BatchWriter:
@@ -600,16 +623,18 @@ class _BatchWriter:
         if rows:
             self.session.execute(sa.insert(self.terms), rows)
 
-    def close_absent(self, seen: dict[str, int]) -> int:
-        """Mark closed the open establishments of this source that the file no longer lists."""
+    def open_numbers(self) -> list[str]:
+        """The FINESS numbers of this source's open establishments."""
         t = self.table
-        open_ones = self.session.scalars(
+        return list(self.session.scalars(
             sa.select(t.c.finess).where(t.c.closed_at.is_(None), t.c.source == self.source)
-        )
-        absent = [finess for finess in open_ones if finess not in seen]
+        ))
+
+    def close(self, numbers: list[str]) -> int:
+        t = self.table
         at = now()
-        for start in range(0, len(absent), BATCH_SIZE):
-            chunk = absent[start:start + BATCH_SIZE]
+        for start in range(0, len(numbers), BATCH_SIZE):
+            chunk = numbers[start:start + BATCH_SIZE]
             self.session.execute(
                 sa.update(t).where(t.c.finess.in_(chunk), t.c.closed_at.is_(None))
                 .values(closed_at=at, updated_at=at)
@@ -617,7 +642,7 @@ class _BatchWriter:
             # The terms index open establishments only; a reopening writes them again.
             self.session.execute(sa.delete(self.terms).where(self.terms.c.finess.in_(chunk)))
             self.session.commit()
-        return len(absent)
+        return len(numbers)
 
 
 def refresh_statistics(session: Session) -> None:

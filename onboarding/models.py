@@ -34,7 +34,11 @@ class Establishment(Base):
     """
 
     __tablename__ = "establishments"
-    __table_args__ = (sa.Index("ix_establishments_department_code", "department_code"),)
+    __table_args__ = (
+        sa.Index("ix_establishments_department_code", "department_code"),
+        sa.Index("ix_establishments_name_key", "name_key"),
+        sa.Index("ix_establishments_long_name_key", "long_name_key"),
+    )
 
     finess: Mapped[str] = mapped_column(sa.String(9), primary_key=True)  # nofinesset
     finess_juridique: Mapped[str | None] = mapped_column(sa.String(9))  # nofinessej
@@ -67,8 +71,10 @@ class Establishment(Base):
     source: Mapped[str] = mapped_column(sa.String(8))  # finess | demo
     # Digest of the source line: a re-import rewrites only the rows whose digest changed.
     fingerprint: Mapped[str] = mapped_column(sa.String(32))
-    # Normalised short and long names, one per line, for ranking search results.
-    name_key: Mapped[str] = mapped_column(sa.Text)
+    # The short and long names as search words (see onboarding.finess.name_key): a range
+    # scan finds the names that start with what was typed.
+    name_key: Mapped[str] = mapped_column(sa.String(255))
+    long_name_key: Mapped[str] = mapped_column(sa.String(255))
     # Every normalised search word of the row, space-separated (the same words as its terms).
     search_text: Mapped[str] = mapped_column(sa.Text)
     created_at: Mapped[datetime]

@@ -24,6 +24,7 @@ from unidecode import unidecode
 
 from onboarding.finess import (
     FINESS_ALPHABET,
+    TERM_ALPHABET,
     department_of,
     is_valid_finess,
     load_demo_establishments,
@@ -83,27 +84,30 @@ MAX_LIMIT = 50
 MAX_QUERY_LENGTH = 200
 MAX_QUERY_WORDS = 6
 # The driving word's range is counted up to COUNT_CAP rows: below it, scanning that range
-# whole is cheap; at it, every word is common and the scan is cut at COMMON_SCAN rows
-# (bounding the worst query, two common words that seldom meet, to a few milliseconds).
+# whole is cheap; at it, every word is common and the scan stops after COMMON_SCAN rows
+# (bounding the worst query, common words that seldom meet, to a few milliseconds; the
+# names that start with the typed words were found beforehand by their own index).
 COUNT_CAP = 1000
-COMMON_SCAN = 2000
+COMMON_SCAN = 1000
 # How many matching establishments are ranked in Python.
 CANDIDATE_CAP = 200
 
 _FINESS_LIKE = re.compile(r"(?:[0-9]{2}|2[AB])[0-9]{0,7}")
+_NAME_ALPHABET = " " + TERM_ALPHABET  # name keys are words separated by one space
 
 
 @dataclass(frozen=True)
 class _Candidate:
     finess: str
     name_key: str
+    long_name_key: str
     search_text: str
 
 
 def search_establishments(session: Session, q: str | None, limit: int = DEFAULT_LIMIT) -> list[Establishment]:
-    """Open establishments matching `q`, best first: the exact FINESS, then FINESS
-    numbers starting with it, then names starting with the typed words, then names
-    holding them all, then establishments whose words (city, postal code) hold them."""
+    """Open establishments matching `q`, best first: the exact FINESS number; numbers
+    starting with it; names (short or long) starting with the typed words; names holding
+    them all; then establishments whose other words (city, postal code) hold them."""
     q = (q or "").strip()[:MAX_QUERY_LENGTH]
     limit = max(1, min(MAX_LIMIT, limit))
     if len(q) < 2:
@@ -116,9 +120,15 @@ def search_establishments(session: Session, q: str | None, limit: int = DEFAULT_
             return [found] if found is not None and found.is_open else []
         finess_prefix = compact
     words = search_words(q)[:MAX_QUERY_WORDS]
-    candidates = _candidates_by_words(session, words) if words else {}
+    candidates: dict[str, _Candidate] = {}
     if finess_prefix:
         candidates.update(_candidates_by_finess_prefix(session, finess_prefix))
+    if words:
+        starting = _candidates_by_name_start(session, " ".join(words))
+        candidates.update(starting)
+        if len(starting) < limit:
+            for finess, candidate in _candidates_by_words(session, words).items():
+                candidates.setdefault(finess, candidate)
     ranked = sorted(candidates.values(), key=lambda c: _rank(c, words, finess_prefix))[:limit]
     return _load_in_order(session, [c.finess for c in ranked])
 
@@ -131,11 +141,50 @@ def get_establishment(session: Session, finess: str | None) -> Establishment | N
     return session.get(Establishment, finess)
 
 
-def _term_range(column: sa.ColumnElement, prefix: str, alphabet: str | None = None) -> sa.ColumnElement:
-    upper = prefix_upper_bound(prefix, alphabet) if alphabet else prefix_upper_bound(prefix)
+def _prefix_range(column: sa.ColumnElement, prefix: str, alphabet: str = TERM_ALPHABET) -> sa.ColumnElement:
+    upper = prefix_upper_bound(prefix, alphabet)
     if upper is None:
         return column >= prefix
     return sa.and_(column >= prefix, column < upper)
+
+
+def _candidate_columns() -> tuple:
+    e = Establishment.__table__
+    return e.c.finess, e.c.name_key, e.c.long_name_key, e.c.search_text
+
+
+def _candidates(session: Session, statement: sa.Select) -> dict[str, _Candidate]:
+    candidates: dict[str, _Candidate] = {}
+    for row in session.execute(statement):
+        candidates.setdefault(row.finess, _Candidate(*row))
+        if len(candidates) >= CANDIDATE_CAP:
+            break
+    return candidates
+
+
+def _candidates_by_finess_prefix(session: Session, prefix: str) -> dict[str, _Candidate]:
+    e = Establishment.__table__
+    return _candidates(session, (
+        sa.select(*_candidate_columns())
+        .where(_prefix_range(e.c.finess, prefix, FINESS_ALPHABET), e.c.closed_at.is_(None))
+        .order_by(e.c.finess)
+        .limit(CANDIDATE_CAP)
+    ))
+
+
+def _candidates_by_name_start(session: Session, phrase: str) -> dict[str, _Candidate]:
+    """Open establishments whose short or long name starts with the typed words: the
+    common case of a name typed from its beginning, answered from the name indexes."""
+    e = Establishment.__table__
+    matches = _candidates(session, (
+        sa.select(*_candidate_columns())
+        .where(sa.or_(_prefix_range(e.c.name_key, phrase, _NAME_ALPHABET),
+                      _prefix_range(e.c.long_name_key, phrase, _NAME_ALPHABET)),
+               e.c.closed_at.is_(None))
+        .limit(CANDIDATE_CAP)
+    ))
+    # Under a linguistic collation the range may also hold "centreber…" for "centre ber".
+    return {f: c for f, c in matches.items() if _name_starts_with(c, phrase)}
 
 
 def _driving_word(session: Session, words: list[str]) -> tuple[int, bool]:
@@ -146,7 +195,8 @@ def _driving_word(session: Session, words: list[str]) -> tuple[int, bool]:
     terms = EstablishmentTerm.__table__
     counts = []
     for word in words:
-        capped = sa.select(sa.literal(1)).select_from(terms).where(_term_range(terms.c.term, word)).limit(COUNT_CAP).subquery()
+        capped = (sa.select(sa.literal(1)).select_from(terms)
+                  .where(_prefix_range(terms.c.term, word)).limit(COUNT_CAP).subquery())
         counts.append(sa.select(sa.func.count()).select_from(capped).scalar_subquery())
     row = session.execute(sa.select(*counts)).one()
     driver = min(range(len(words)), key=lambda i: (row[i], -len(words[i])))
@@ -160,7 +210,7 @@ def _candidates_by_words(session: Session, words: list[str]) -> dict[str, _Candi
     scans and probes), so that both databases then join at most a few hundred rows."""
     driver, common = _driving_word(session, words)
     terms = EstablishmentTerm.__table__
-    driving_range = _term_range(terms.c.term, words[driver])
+    driving_range = _prefix_range(terms.c.term, words[driver])
     if common and len(words) > 1:
         scanned = sa.select(terms.c.finess).where(driving_range).limit(COMMON_SCAN).subquery("scanned")
         matching = sa.select(scanned.c.finess)
@@ -175,57 +225,36 @@ def _candidates_by_words(session: Session, words: list[str]) -> dict[str, _Candi
             # into a hash semi-join over the whole range of a common word, while the
             # driving word, being the rarest, is best checked row by row.
             probe = (sa.select(sa.literal(1)).select_from(other)
-                     .where(other.c.finess == finess_column, _term_range(other.c.term, word))
+                     .where(other.c.finess == finess_column, _prefix_range(other.c.term, word))
                      .limit(1).scalar_subquery())
             matching = matching.where(probe.is_not(None))
     # A prefix can match several words of one establishment: leave room for repeats.
     limited = matching.limit(CANDIDATE_CAP + CANDIDATE_CAP // 2).subquery("limited")
     ids = sa.select(limited.c.finess).distinct().subquery("ids")
     e = Establishment.__table__
-    statement = (
-        sa.select(e.c.finess, e.c.name_key, e.c.search_text)
+    return _candidates(session, (
+        sa.select(*_candidate_columns())
         .select_from(ids.join(e, e.c.finess == ids.c.finess))
         .where(e.c.closed_at.is_(None))
-    )
-    candidates: dict[str, _Candidate] = {}
-    for row in session.execute(statement):
-        candidates.setdefault(row.finess, _Candidate(*row))
-        if len(candidates) >= CANDIDATE_CAP:
-            break
-    return candidates
+    ))
 
 
-def _candidates_by_finess_prefix(session: Session, prefix: str) -> dict[str, _Candidate]:
-    e = Establishment.__table__
-    statement = (
-        sa.select(e.c.finess, e.c.name_key, e.c.search_text)
-        .where(_term_range(e.c.finess, prefix, FINESS_ALPHABET), e.c.closed_at.is_(None))
-        .order_by(e.c.finess)
-        .limit(CANDIDATE_CAP)
-    )
-    return {row.finess: _Candidate(*row) for row in session.execute(statement)}
+def _name_starts_with(candidate: _Candidate, phrase: str) -> bool:
+    return candidate.name_key.startswith(phrase) or candidate.long_name_key.startswith(phrase)
 
 
 def _rank(candidate: _Candidate, words: list[str], finess_prefix: str | None) -> tuple:
     if finess_prefix and candidate.finess.startswith(finess_prefix):
         return (1, 0, 0, "", candidate.finess)  # typing a number: numeric order
-    names = [[w for w in name.split() if len(w) >= 2] for name in candidate.name_key.split("\n")]
-    tokens = set(candidate.search_text.split())
-    if any(_starts_with(name, words) for name in names):
+    if words and _name_starts_with(candidate, " ".join(words)):
         tier = 2
-    elif all(any(t.startswith(w) for name in names for t in name) for w in words):
-        tier = 3
     else:
-        tier = 4
+        name_words = (candidate.name_key + " " + candidate.long_name_key).split()
+        named = all(any(n.startswith(w) for n in name_words) for w in words)
+        tier = 3 if named else 4
+    tokens = set(candidate.search_text.split())
     exact_words = sum(1 for w in words if w in tokens)
-    short_name = candidate.name_key.split("\n", 1)[0]
-    return (tier, -exact_words, len(short_name), short_name, candidate.finess)
-
-
-def _starts_with(name_words: list[str], words: list[str]) -> bool:
-    if not words or len(name_words) < len(words):
-        return False
-    return all(name_word.startswith(word) for name_word, word in zip(name_words, words))
+    return (tier, -exact_words, len(candidate.name_key), candidate.name_key, candidate.finess)
 
 
 def _load_in_order(session: Session, finess_numbers: list[str]) -> list[Establishment]:

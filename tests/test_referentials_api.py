@@ -131,6 +131,11 @@ def test_names_starting_with_the_words_come_before_names_merely_holding_them(cli
         assert results[3:] == ["EHPAD DU CENTRE HOSPITALIER"], query
 
 
+def test_a_long_name_typed_from_its_start_finds_its_establishment(client, directory):
+    assert names(search(client, "centre hospitalier victor jous")) == ["CH DE DREUX"]
+    assert names(search(client, "Centre hospitalier de Bourg-en-Bresse")) == ["CH DE FLEYRIAT"]
+
+
 def test_every_typed_word_must_match(client, directory):
     assert search(client, "ehpad fleyriat") == []
     assert search(client, "clinique corse dreux") == []

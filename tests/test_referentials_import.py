@@ -107,6 +107,14 @@ def test_a_windows_file_with_crlf_line_ends_is_read(session):
     assert str(get_establishment(session, rows[0]["nofinesset"]).finess_updated_on) == rows[0]["datemaj"]
 
 
+def test_a_text_stream_can_be_imported_from_python(session):
+    text = "\n".join(extraction_lines(establishments(2, seed=14))) + "\n"
+
+    report = import_finess(session, io.StringIO(text))
+
+    assert report.created == 2 and not report.is_truncated
+
+
 def test_geolocation_lines_are_counted_and_ignored(session):
     rows = list(establishments(5, seed=2))
 
@@ -188,20 +196,51 @@ def test_a_truncated_file_keeps_what_was_read_and_closes_nothing(session):
     assert [r.line for r in report.rejections] == [12]
     assert "incomplète" in report.rejections[0].reason
     assert open_count(session) == 40
-    assert "aucun établissement n'a été fermé" in report.truncation_message()
-    assert "ligne 12" in report.truncation_message()
+    assert "aucun établissement n'a été fermé" in report.error()
+    assert "ligne 12" in report.error()
 
 
-def test_a_file_cut_between_two_lines_is_caught_by_its_missing_geolocation_section(session):
-    rows = list(establishments(30, seed=6))
+def test_a_file_cut_between_two_lines_closes_nothing_when_that_would_close_the_region(session):
+    rows = list(establishments(60, seed=6))
     import_finess(session, io.BytesIO(extraction_bytes(rows)))
     lines = list(extraction_lines(rows))[:11]  # header and ten establishments, each line whole
 
     report = import_finess(session, io.BytesIO(("\n".join(lines) + "\n").encode()))
 
-    assert report.is_truncated and report.truncated_at == 12
-    assert "geolocalisation" in report.truncation
-    assert report.closed == 0 and open_count(session) == 30
+    assert not report.is_truncated
+    assert (report.unchanged, report.closed, report.closures_withheld) == (10, 0, 50)
+    assert open_count(session) == 60
+    assert "50 établissements absents du fichier n'ont pas été fermés" in report.summary()
+    assert "--allow-mass-closure" in report.error()
+
+
+def test_an_operator_may_confirm_a_mass_closure(session):
+    rows = list(establishments(60, seed=6))
+    import_finess(session, io.BytesIO(extraction_bytes(rows)))
+
+    report = import_finess(session, io.BytesIO(extraction_bytes(rows[:10])), allow_mass_closure=True)
+
+    assert (report.closed, report.closures_withheld) == (50, 0) and report.error() is None
+    assert open_count(session) == 10
+
+
+def test_a_header_alone_never_empties_the_referential(session):
+    import_finess(session, io.BytesIO(extraction_bytes(list(establishments(30, seed=15)))))
+
+    report = import_finess(session, io.BytesIO(b"finess;etalab;111;2026-06-12\n"))
+
+    assert report.closures_withheld == 30 and open_count(session) == 30
+
+
+def test_an_extraction_without_geolocation_lines_is_a_complete_file_too(session):
+    rows = list(establishments(30, seed=16))
+    import_finess(session, io.BytesIO(extraction_bytes(rows)))
+
+    # etalab-cs1100502 is the same extraction without the geolocalisation section.
+    report = import_finess(session, io.BytesIO(extraction_bytes(rows[:28], geolocation=False)))
+
+    assert (report.geolocations, report.closed, report.unchanged) == (0, 2, 28)
+    assert report.error() is None and open_count(session) == 28
 
 
 # -- re-imports -------------------------------------------------------------------------
@@ -351,6 +390,24 @@ def test_enrs_finess_import_of_a_missing_file_says_so(enrs, tmp_path):
 
     assert result.exit_code == 1
     assert result.output == f"Erreur : fichier introuvable : {tmp_path / 'absent.csv'}\n"
+
+
+def test_enrs_finess_import_withholds_a_mass_closure_until_confirmed(enrs, tmp_path, session):
+    rows = list(establishments(40, seed=17))
+    full, partial = tmp_path / "complet.csv", tmp_path / "partiel.csv"
+    write_extraction(full, rows)
+    write_extraction(partial, rows[:5])
+    assert enrs("finess", "import", str(full)).exit_code == 0
+
+    refused = enrs("finess", "import", str(partial))
+    confirmed = enrs("finess", "import", "--allow-mass-closure", str(partial))
+
+    assert refused.exit_code == 1
+    assert "35 établissements absents du fichier n'ont pas été fermés" in refused.output
+    assert refused.output.splitlines()[-1] == ("Erreur : fermeture de 35 établissements refusée (fichier partiel ?) ; "
+                                               "si l'extraction est bien complète, relancez avec --allow-mass-closure")
+    assert confirmed.exit_code == 0 and "fermés : 35" in confirmed.output
+    assert open_count(session) == 5
 
 
 def test_enrs_finess_import_of_a_truncated_file_fails_after_keeping_what_was_read(enrs, tmp_path, session):

@@ -47,7 +47,8 @@ def upgrade() -> None:
     sa.Column('closed_at', portal.db.UTCDateTime(), nullable=True),
     sa.Column('source', sa.String(length=8), nullable=False),
     sa.Column('fingerprint', sa.String(length=32), nullable=False),
-    sa.Column('name_key', sa.Text(), nullable=False),
+    sa.Column('name_key', sa.String(length=255), nullable=False),
+    sa.Column('long_name_key', sa.String(length=255), nullable=False),
     sa.Column('search_text', sa.Text(), nullable=False),
     sa.Column('created_at', portal.db.UTCDateTime(), nullable=False),
     sa.Column('updated_at', portal.db.UTCDateTime(), nullable=False),
@@ -55,6 +56,8 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('establishments', schema=None) as batch_op:
         batch_op.create_index('ix_establishments_department_code', ['department_code'], unique=False)
+        batch_op.create_index('ix_establishments_long_name_key', ['long_name_key'], unique=False)
+        batch_op.create_index('ix_establishments_name_key', ['name_key'], unique=False)
 
     op.create_table('establishment_terms',
     sa.Column('term', sa.String(length=64), nullable=False),
@@ -73,6 +76,8 @@ def downgrade() -> None:
 
     op.drop_table('establishment_terms')
     with op.batch_alter_table('establishments', schema=None) as batch_op:
+        batch_op.drop_index('ix_establishments_name_key')
+        batch_op.drop_index('ix_establishments_long_name_key')
         batch_op.drop_index('ix_establishments_department_code')
 
     op.drop_table('establishments')
