@@ -10,7 +10,7 @@ from flask import Blueprint, flash, g, redirect, render_template, request, sessi
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, PasswordField, StringField
 
-from idp import codes
+from idp import codes, lockout
 from idp.codes import CodeRefused, PendingLogin
 from idp.models import STATUS_ACTIVE, User
 from idp.passwords import hash_password, needs_rehash, verify_password
@@ -46,8 +46,14 @@ def find_account(session, username: str) -> User | None:
     return session.scalar(sa.select(User).where(column == value))
 
 
+def _failed(response) -> bool:
+    return response.status_code == 401
+
+
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit("30 per minute; 200 per hour", methods=["POST"])
+@limiter.limit("30 per minute; 300 per hour", methods=["POST"])
+# Failed attempts from one address: the per-address half of the brute-force protection.
+@limiter.limit("20 per 10 minutes; 60 per day", methods=["POST"], deduct_when=_failed)
 def login():
     form = LoginForm()
     if request.method == "GET":
@@ -57,15 +63,21 @@ def login():
     if request.method == "POST" and form.validate():
         session = db.session
         user = find_account(session, form.username.data or "")
-        # The hash is computed whether or not the account exists (no timing oracle).
+        # The hash is computed whether or not the account exists or is locked, so that
+        # neither shows in the response time.
         password_ok = verify_password(user.password_hash if user else None, form.password.data or "")
-        if user is None or not password_ok or user.status != STATUS_ACTIVE:
+        locked = user is not None and lockout.is_locked(user)
+        if user is None or not password_ok or user.status != STATUS_ACTIVE or locked:
+            if user is not None and not password_ok and not locked:
+                lockout.record_failure(session, user)
             audit.record(session, "login.password_refused", outcome="failure",
                          actor_label=(form.username.data or "")[:320],
-                         target_type="user" if user else None, target_id=user.id if user else None)
+                         target_type="user" if user else None, target_id=user.id if user else None,
+                         details={"locked": locked} if locked else None)
             session.commit()
             form.password.data = ""
             return render_template("idp/login.html", form=form, error=GENERIC_FAILURE), 401
+        lockout.record_success(session, user)
         if needs_rehash(user.password_hash):
             user.password_hash = hash_password(form.password.data)
         token = secrets.token_urlsafe(32)

@@ -95,7 +95,7 @@ def revoke_all(session: Session, user: User, *, except_id: str | None = None, re
     return result.rowcount
 
 
-def _load_current() -> None:
+def _load_current():
     g.user = None
     g.user_session = None
     token = cookie.get(COOKIE_KEY)
@@ -118,6 +118,33 @@ def _load_current() -> None:
         db.session.commit()
     g.user = record.user
     g.user_session = record
+    if record.user.cgu_version_id != _current_cgu_id() and request.endpoint not in CGU_EXEMPT_ENDPOINTS:
+        return redirect(url_for("account.accept_cgu", next=request.full_path.rstrip("?")))
+    return None
+
+
+# Pages reachable before accepting a newer CGU version: the CGU themselves, the legal
+# pages, logging out.
+CGU_EXEMPT_ENDPOINTS = {
+    "account.accept_cgu", "cgu.show_current", "login.logout", "static", "portal.legal_notice",
+    "portal.contact", "portal.accessibility",
+}
+CGU_CACHE_SECONDS = 30
+
+
+def _current_cgu_id() -> int | None:
+    """The current CGU version, cached briefly: publishing is rare, requests are not."""
+    from flask import current_app
+
+    from portal.cgu import current_cgu
+
+    cached = current_app.extensions.get("enrs.cgu_cache")
+    current = now()
+    if cached is None or (current - cached[1]).total_seconds() > CGU_CACHE_SECONDS or cached[1] > current:
+        cgu = current_cgu(db.session)
+        cached = (cgu.id if cgu else None, current)
+        current_app.extensions["enrs.cgu_cache"] = cached
+    return cached[0]
 
 
 def current_user() -> User | None:

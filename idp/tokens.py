@@ -20,11 +20,13 @@ from portal.clock import now
 PURPOSE_VERIFY_EMAIL = "verify-email"
 PURPOSE_ACTIVATE = "activate"
 PURPOSE_RESET_PASSWORD = "reset-password"
+PURPOSE_CHANGE_EMAIL = "change-email"
 
 MAX_AGE = {
     PURPOSE_VERIFY_EMAIL: 48 * 3600,
     PURPOSE_ACTIVATE: 72 * 3600,
     PURPOSE_RESET_PASSWORD: 3600,
+    PURPOSE_CHANGE_EMAIL: 24 * 3600,
 }
 
 
@@ -50,16 +52,18 @@ def _serializer(purpose: str) -> URLSafeTimedSerializer:
     )
 
 
-def make_link_token(user: User, purpose: str) -> str:
+def make_link_token(user: User, purpose: str, **extra: str) -> str:
+    """`extra` travels signed with the link (e.g. the new address of an email change)."""
     if purpose not in MAX_AGE:
         raise ValueError(f"unknown link purpose {purpose}")
-    return _serializer(purpose).dumps({"u": user.public_id, "s": user.security_stamp})
+    return _serializer(purpose).dumps({**extra, "u": user.public_id, "s": user.security_stamp})
 
 
 @dataclass
 class LinkClaim:
     user: User
     stamp: str
+    extra: dict[str, str]
 
 
 def read_link_token(session: Session, token: str, purpose: str) -> LinkClaim:
@@ -77,7 +81,8 @@ def read_link_token(session: Session, token: str, purpose: str) -> LinkClaim:
         raise LinkError("invalid")
     if user.security_stamp != payload["s"]:
         raise LinkError("used", user)
-    return LinkClaim(user=user, stamp=str(payload["s"]))
+    extra = {k: str(v) for k, v in payload.items() if k not in ("u", "s")}
+    return LinkClaim(user=user, stamp=str(payload["s"]), extra=extra)
 
 
 def consume_link(session: Session, claim: LinkClaim) -> None:
@@ -96,5 +101,5 @@ def consume_link(session: Session, claim: LinkClaim) -> None:
 
 __all__ = [
     "LinkError", "LinkClaim", "make_link_token", "read_link_token", "consume_link",
-    "PURPOSE_VERIFY_EMAIL", "PURPOSE_ACTIVATE", "PURPOSE_RESET_PASSWORD",
+    "PURPOSE_VERIFY_EMAIL", "PURPOSE_ACTIVATE", "PURPOSE_RESET_PASSWORD", "PURPOSE_CHANGE_EMAIL",
 ]

@@ -10,7 +10,7 @@ from idp.models import (
 )
 from idp.passwords import policy_errors, set_password
 from onboarding import approval
-from onboarding.identity import InvalidEmail, normalise_email
+from idp.identity import InvalidEmail, normalise_email
 from onboarding.finess import is_valid_finess
 from onboarding.referentials import get_establishment, profession_label
 from portal import audit

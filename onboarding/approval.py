@@ -16,7 +16,7 @@ from idp.models import (
 )
 from idp.passwords import DEFAULT_POLICY, NewPasswordForm, check_new_password, set_password
 from idp.tokens import PURPOSE_ACTIVATE, LinkError, consume_link, make_link_token, read_link_token
-from onboarding.identity import login_candidates
+from idp.identity import login_candidates
 from portal import audit
 from portal.clock import now
 from portal.config import current_settings

@@ -18,7 +18,8 @@ from idp.models import (
 from idp.tokens import (
     PURPOSE_VERIFY_EMAIL, LinkError, consume_link, make_link_token, read_link_token,
 )
-from onboarding import captcha, identity
+from idp import identity
+from onboarding import captcha
 from onboarding.approval import ResendForm, activate, invalid_link_page, send_credentials
 from onboarding.finess import is_valid_finess
 from onboarding.referentials import get_establishment, professions, search_establishments

@@ -76,6 +76,7 @@ def create_app(env: Mapping[str, str] | None = None, *, clock: Clock | None = No
 
 def _register_blueprints(app: Flask) -> None:
     from idp import sessions
+    from idp.account import bp as account_bp
     from idp.login import bp as login_bp
     from idp.reset import bp as reset_bp
     from onboarding.approval import bp as activation_bp
@@ -88,7 +89,7 @@ def _register_blueprints(app: Flask) -> None:
 
     sessions.init_app(app)
     for blueprint in (portal_bp, cgu_bp, referentials_bp, captcha_bp, registration_bp, activation_bp,
-                      login_bp, reset_bp, admin_bp):
+                      login_bp, reset_bp, account_bp, admin_bp):
         app.register_blueprint(blueprint)
 
 
@@ -140,7 +141,7 @@ def _register_template_globals(app: Flask, settings: Settings) -> None:
 
     @app.context_processor
     def _globals():
-        return {"portal_name": settings.portal_name, "settings": settings}
+        return {"portal_name": settings.portal_name, "settings": settings, "url_endpoints": app.view_functions}
 
 
 def settings_of(app: Flask) -> Settings:

@@ -87,4 +87,16 @@ def login(client, mailbox, username: str, password: str, email: str, next_url: s
     assert response.status_code == 303, response.get_data(as_text=True)
     code = re.search(r"Votre code d'authentification unique est : (\d{6})", body_text(mailbox.last(email))).group(1)
     page = client.get("/login/code").get_data(as_text=True)
-    return client.post("/login/code", data={"csrf_token": csrf(page), "code": code})
+    response = client.post("/login/code", data={"csrf_token": csrf(page), "code": code})
+    return accept_cgu_if_asked(client, response)
+
+
+def accept_cgu_if_asked(client, response):
+    """A person asked to accept a newer CGU version ticks the box and goes on."""
+    target = response.headers.get("Location", "")
+    follow = client.get(target) if response.status_code in (302, 303) else None
+    if follow is not None and follow.status_code in (302, 303) and "/account/cgu" in follow.headers["Location"]:
+        page = client.get(follow.headers["Location"]).get_data(as_text=True)
+        next_value = field_value(page, "next") or ""
+        return client.post("/account/cgu", data={"csrf_token": csrf(page), "accept": "y", "next": next_value})
+    return response

@@ -260,3 +260,36 @@ def test_super_admin_creates_a_regional_admin_with_departements(portal, mailbox)
     assert "Identifiant : cdurand" in body_text(mailbox.last("claire.durand@esante-test.fr"))
     centre = admin_client(portal, mailbox, "pbernard", "admin.centre@esante-test.fr")
     assert centre.get("/admin/admins").status_code == 403
+
+
+def test_regional_admin_unlocks_a_locked_account_of_their_scope(portal, mailbox, clock):
+    from idp.lockout import POLICY
+    from onboarding.accounts import create_professional
+    from portal.db import db
+
+    with portal.app_context():
+        create_professional(db.session, email="pro@esante-test.fr", password="Un-Secret-Solide-1",
+                            first_name="Anne", last_name="Leroy", profession="60", finess="280503848")
+        db.session.commit()
+    attacker = portal.test_client()
+    for attempt in range(POLICY.max_failures):
+        page = attacker.get("/login").get_data(as_text=True)
+        attacker.post("/login", data={"csrf_token": csrf(page), "username": "aleroy", "password": f"x{attempt}"})
+        clock.advance((POLICY.wait_after(attempt + 1) or __import__("datetime").timedelta()).total_seconds() + 1
+                      if attempt + 1 < POLICY.max_failures else 0)
+    owner = portal.test_client()
+    page = owner.get("/login").get_data(as_text=True)
+    assert owner.post("/login", data={"csrf_token": csrf(page), "username": "aleroy",
+                                      "password": "Un-Secret-Solide-1"}).status_code == 401
+
+    idf = admin_client(portal, mailbox, "lmoreau", "admin.idf@esante-test.fr")
+    assert "Leroy" not in idf.get("/admin/users?q=leroy").get_data(as_text=True).replace("leroy", "")
+    centre = admin_client(portal, mailbox, "pbernard", "admin.centre@esante-test.fr")
+    listing = centre.get("/admin/users?q=leroy").get_data(as_text=True)
+    user_id = re.search(r'href="/admin/users/(\d+)"', listing).group(1)
+    assert idf.get(f"/admin/users/{user_id}").status_code == 404
+    page = centre.get(f"/admin/users/{user_id}").get_data(as_text=True)
+    assert "connexion bloquée" in page
+    centre.post(f"/admin/users/{user_id}", data={"csrf_token": csrf(page), "action": "unlock"})
+    assert owner.post("/login", data={"csrf_token": csrf(owner.get("/login").get_data(as_text=True)),
+                                      "username": "aleroy", "password": "Un-Secret-Solide-1"}).status_code == 303

@@ -244,3 +244,75 @@ def test_argon2id_hash_is_stored_never_the_password(portal):
     with portal.app_context():
         user = db.session.scalar(sa.select(User))
         assert user.password_hash.startswith("$argon2id$") and PASSWORD not in user.password_hash
+
+
+def test_repeated_failures_slow_down_then_lock_the_account_with_the_same_answer(portal, mailbox, clock):
+    from idp.lockout import POLICY
+
+    client = portal.test_client()
+    for attempt in range(1, POLICY.max_failures + 1):
+        response = post_password(client, "ndupont", f"Mauvais-{attempt}-Secret")
+        assert response.status_code == 401
+        if attempt < POLICY.max_failures:  # an attacker patient enough to wait out each delay
+            clock.advance((POLICY.wait_after(attempt) or __import__("datetime").timedelta()).total_seconds() + 1)
+    # Locked: even the right password gets the very same answer, and the owner is told.
+    response = post_password(client, "ndupont", PASSWORD)
+    assert response.status_code == 401
+    assert "Identifiant ou mot de passe incorrect." in response.get_data(as_text=True)
+    assert "bloquée" in mailbox.last(EMAIL)["Subject"]
+    assert len(mailbox.to(EMAIL)) == 1
+    clock.advance(minutes=16)
+    assert post_password(client, "ndupont", PASSWORD).status_code == 303
+
+
+def test_the_third_failure_imposes_a_wait(portal, clock):
+    client = portal.test_client()
+    for attempt in range(3):
+        post_password(client, "ndupont", f"Mauvais-{attempt}-Secret")
+    assert post_password(client, "ndupont", PASSWORD).status_code == 401
+    clock.advance(seconds=31)
+    assert post_password(client, "ndupont", PASSWORD).status_code == 303
+
+
+def test_a_success_and_a_quiet_period_forget_the_failures(portal, clock):
+    from idp.models import User
+    from portal.db import db
+
+    client = portal.test_client()
+    post_password(client, "ndupont", "Mauvais-Secret-1")
+    post_password(client, "ndupont", "Mauvais-Secret-2")
+    assert post_password(client, "ndupont", PASSWORD).status_code == 303
+    with portal.app_context():
+        assert db.session.scalar(sa.select(User.failed_logins)) == 0
+    post_password(client, "ndupont", "Mauvais-Secret-3")
+    clock.advance(hours=13)
+    post_password(client, "ndupont", "Mauvais-Secret-4")
+    with portal.app_context():
+        assert db.session.scalar(sa.select(User.failed_logins)) == 1
+
+
+def test_failed_logins_from_one_address_are_rate_limited(portal):
+    client = portal.test_client()
+    statuses = [post_password(client, f"inconnu{i}", "Mauvais-Secret-1").status_code for i in range(21)]
+    assert statuses[:20] == [401] * 20 and statuses[20] == 429
+    page = post_password(client, "inconnu", "x")
+    assert "Trop de tentatives" in page.get_data(as_text=True)
+
+
+REDIS_URL = __import__("os").environ.get("ENRS_TEST_REDIS_URL")
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="set ENRS_TEST_REDIS_URL for the Redis-backed limits")
+def test_redis_shares_the_failed_login_limit_between_processes(app_env, clock, mailbox):
+    import redis
+
+    from portal.app import create_app
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    env = {**app_env, "ENRS_REDIS_URL": REDIS_URL}
+    first, second = create_app(env, clock=clock), create_app(env, clock=clock)  # two worker processes
+    statuses = []
+    for i in range(21):
+        client = (first if i % 2 else second).test_client()
+        statuses.append(post_password(client, f"inconnu{i}", "Mauvais-Secret-1").status_code)
+    assert statuses[:20] == [401] * 20 and statuses[20] == 429

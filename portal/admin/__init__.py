@@ -9,7 +9,7 @@ from wtforms import StringField, TextAreaField
 from idp.models import ROLE_REGIONAL_ADMIN, ROLE_SUPER_ADMIN, User
 from idp.sessions import admin_required, super_admin_required
 from onboarding import accounts as operator_accounts, approval
-from onboarding.identity import InvalidEmail, normalise_email
+from idp.identity import InvalidEmail, normalise_email
 from portal.db import db
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -128,3 +128,49 @@ def admin_departments(user_id: int):
     session.commit()
     flash(f"Départements de {admin.full_name} : {', '.join(departments) or 'aucun'}.", "success")
     return redirect(url_for("admin.admins"), code=303)
+
+
+# -- users of the admin's scope ------------------------------------------------------------------
+
+
+@bp.get("/users")
+@admin_required
+def users():
+    query_text = (request.args.get("q") or "").strip()[:100]
+    found = []
+    if len(query_text) >= 2:
+        pattern = f"%{query_text.lower()}%"
+        query = (
+            sa.select(User)
+            .where(sa.or_(sa.func.lower(User.last_name).like(pattern), sa.func.lower(User.first_name).like(pattern),
+                          User.email.like(pattern), User.login.like(pattern)))
+            .order_by(User.last_name, User.first_name)
+            .limit(50)
+        )
+        found = db.session.scalars(approval.in_scope(query, g.user)).all()
+    return render_template("admin/users.html", q=query_text, users=found)
+
+
+@bp.route("/users/<int:user_id>", methods=["GET", "POST"])
+@admin_required
+def user(user_id: int):
+    from idp import lockout
+    from idp.sessions import revoke_all
+
+    session = db.session
+    target = approval.account_in_scope(session, g.user, user_id)
+    if target is None:
+        abort(404)
+    if request.method == "POST" and FlaskForm().validate():
+        action = request.form.get("action")
+        if action == "unlock":
+            lockout.unlock(session, target, g.user)
+            flash(f"Le compte {target.login} est déverrouillé.", "success")
+        elif action == "end_sessions":
+            count = revoke_all(session, target, reason="revoked_by_admin")
+            flash(f"{count} session(s) de {target.full_name} fermée(s).", "success")
+        else:
+            abort(400)
+        session.commit()
+        return redirect(url_for("admin.user", user_id=target.id), code=303)
+    return render_template("admin/user.html", user=target, locked=lockout.is_locked(target))
