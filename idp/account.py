@@ -4,15 +4,36 @@ log and told to the owner by email."""
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_wtf import FlaskForm
 from wtforms import PasswordField, StringField
 
 from idp import identity
 from idp.models import User
-from idp.passwords import DEFAULT_POLICY, NewPasswordForm, check_new_password, set_password, verify_password
+from idp.passwords import (
+    DEFAULT_POLICY,
+    NewPasswordForm,
+    check_new_password,
+    set_password,
+    verify_password,
+)
 from idp.sessions import UserSession, end_session, login_required, revoke_all
-from idp.tokens import PURPOSE_CHANGE_EMAIL, LinkError, consume_link, make_link_token, read_link_token
+from idp.tokens import (
+    PURPOSE_CHANGE_EMAIL,
+    LinkError,
+    consume_link,
+    make_link_token,
+    read_link_token,
+)
 from portal import audit
 from portal.cgu import CguVersion, current_cgu
 from portal.clock import now

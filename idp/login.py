@@ -6,7 +6,8 @@ import secrets
 from datetime import timedelta
 
 import sqlalchemy as sa
-from flask import Blueprint, flash, g, redirect, render_template, request, session as cookie, url_for
+from flask import Blueprint, flash, g, redirect, render_template, request, url_for
+from flask import session as cookie
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, PasswordField, StringField
 

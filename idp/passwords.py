@@ -11,11 +11,11 @@ from importlib import resources
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
-from flask_wtf import FlaskForm
-from wtforms import PasswordField
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+from flask_wtf import FlaskForm
 from sqlalchemy.orm import Session
 from unidecode import unidecode
+from wtforms import PasswordField
 
 from idp.models import PasswordHistory, User, new_security_stamp
 from portal.clock import now

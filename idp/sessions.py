@@ -13,7 +13,8 @@ from functools import wraps
 from typing import Callable
 
 import sqlalchemy as sa
-from flask import Flask, abort, g, redirect, request, session as cookie, url_for
+from flask import Flask, abort, g, redirect, request, url_for
+from flask import session as cookie
 from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
 
 from idp.models import STATUS_ACTIVE, User

@@ -11,7 +11,12 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 from flask import current_app
-from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
+from itsdangerous import (
+    BadSignature,
+    SignatureExpired,
+    TimestampSigner,
+    URLSafeTimedSerializer,
+)
 from sqlalchemy.orm import Session
 
 from idp.models import User, new_security_stamp

@@ -5,12 +5,18 @@ from __future__ import annotations
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from idp.identity import InvalidEmail, normalise_email
 from idp.models import (
-    ROLE_PROFESSIONAL, ROLE_REGIONAL_ADMIN, ROLE_SUPER_ADMIN, STATUS_ACTIVE, AdminDepartment, User, UserEstablishment,
+    ROLE_PROFESSIONAL,
+    ROLE_REGIONAL_ADMIN,
+    ROLE_SUPER_ADMIN,
+    STATUS_ACTIVE,
+    AdminDepartment,
+    User,
+    UserEstablishment,
 )
 from idp.passwords import policy_errors, set_password
 from onboarding import approval
-from idp.identity import InvalidEmail, normalise_email
 from onboarding.finess import is_valid_finess
 from onboarding.referentials import get_establishment, profession_label
 from portal import audit

@@ -5,22 +5,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, render_template
 from flask_wtf import FlaskForm
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 from wtforms import StringField
 
-from idp.models import (
-    STATUS_ACTIVE, STATUS_REJECTED, STATUS_REVIEW_PENDING, User, UserEstablishment,
-)
-from idp.passwords import DEFAULT_POLICY, NewPasswordForm, check_new_password, set_password
-from idp.tokens import PURPOSE_ACTIVATE, LinkError, consume_link, make_link_token, read_link_token
 from idp.identity import login_candidates
+from idp.models import (
+    STATUS_ACTIVE,
+    STATUS_REJECTED,
+    STATUS_REVIEW_PENDING,
+    User,
+    UserEstablishment,
+)
+from idp.reset import choose_password_from_link
+from idp.tokens import PURPOSE_ACTIVATE, make_link_token
 from portal import audit
 from portal.clock import now
 from portal.config import current_settings
-from portal.db import db
 from portal.mail import queue_mail
 from portal.security import external_url, limiter
 
@@ -184,33 +187,14 @@ def invalid_link_page(reason: str):
 # -- first password ------------------------------------------------------------------------------
 
 
+def _finish_activation(session: Session, user: User) -> str:
+    audit.record(session, "password.set", actor_id=user.id, actor_label=user.login,
+                 target_type="user", target_id=user.id, details={"via": "activation"})
+    return f"Votre mot de passe est enregistré. Vous pouvez maintenant vous connecter avec votre identifiant {user.login}."
+
+
 @bp.route("/activate/<token>", methods=["GET", "POST"])
 @limiter.limit("20 per hour", methods=["POST"])
 def set_first_password(token: str):
-    session = db.session
-    try:
-        claim = read_link_token(session, token, PURPOSE_ACTIVATE)
-    except LinkError as exc:
-        return invalid_link_page(exc.reason)
-    user = claim.user
-    form = NewPasswordForm()
-    errors: dict[str, list[str]] = {}
-    if request.method == "POST" and form.validate():
-        errors = check_new_password(session, user, form)
-        if not errors:
-            try:
-                consume_link(session, claim)
-            except LinkError as exc:
-                session.rollback()
-                return invalid_link_page(exc.reason)
-            set_password(session, user, form.password.data)
-            audit.record(session, "password.set", actor_id=user.id, actor_label=user.login,
-                         target_type="user", target_id=user.id, details={"via": "activation"})
-            session.commit()
-            flash("Votre mot de passe est enregistré. Vous pouvez maintenant vous connecter avec votre "
-                  f"identifiant {user.login}.", "success")
-            return redirect(url_for("login.login"), code=303)
-    return render_template(
-        "idp/set_password.html", form=form, errors=errors, user=user, policy=DEFAULT_POLICY,
-        heading="Choisissez votre mot de passe",
-    ), (422 if errors else 200)
+    return choose_password_from_link(token, PURPOSE_ACTIVATE, heading="Choisissez votre mot de passe",
+                                     invalid_page=invalid_link_page, finish=_finish_activation)

@@ -40,7 +40,15 @@ import altcha
 import sqlalchemy as sa
 from captcha.audio import AudioCaptcha
 from captcha.image import ImageCaptcha
-from flask import Blueprint, Response, current_app, jsonify, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    jsonify,
+    render_template,
+    request,
+    url_for,
+)
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException, NotFound
 
@@ -482,7 +490,9 @@ def is_json_path(path: str) -> bool:
 
 
 def _error(code: int):
-    from portal.app import ERROR_PAGES  # the app's French texts; imported late: app imports us
+    from portal.app import (
+        ERROR_PAGES,  # the app's French texts; imported late: app imports us
+    )
 
     title, text = ERROR_PAGES.get(code) or ERROR_PAGES[500 if code >= 500 else 400]
     if request.endpoint in JSON_ENDPOINTS:

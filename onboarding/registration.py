@@ -12,17 +12,35 @@ from sqlalchemy.orm import Session
 from wtforms import BooleanField, FieldList, Form, FormField, SelectField, StringField
 from wtforms.validators import ValidationError
 
+from idp import identity
 from idp.models import (
-    CIVILITIES, STATUS_ACTIVE, STATUS_EMAIL_PENDING, STATUS_REVIEW_PENDING, User, UserEstablishment,
+    CIVILITIES,
+    STATUS_ACTIVE,
+    STATUS_EMAIL_PENDING,
+    STATUS_REVIEW_PENDING,
+    User,
+    UserEstablishment,
 )
 from idp.tokens import (
-    PURPOSE_VERIFY_EMAIL, LinkError, consume_link, make_link_token, read_link_token,
+    PURPOSE_VERIFY_EMAIL,
+    LinkError,
+    consume_link,
+    make_link_token,
+    read_link_token,
 )
-from idp import identity
 from onboarding import captcha
-from onboarding.approval import ResendForm, activate, invalid_link_page, send_credentials
+from onboarding.approval import (
+    ResendForm,
+    activate,
+    invalid_link_page,
+    send_credentials,
+)
 from onboarding.finess import is_valid_finess
-from onboarding.referentials import get_establishment, professions, search_establishments
+from onboarding.referentials import (
+    get_establishment,
+    professions,
+    search_establishments,
+)
 from portal import audit
 from portal.cgu import current_cgu
 from portal.clock import now

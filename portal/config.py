@@ -188,7 +188,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     database_url = env.get("ENRS_DATABASE_URL") or f"sqlite:///{instance_dir / 'enrs.db'}"
     if not (database_url.startswith("sqlite") or database_url.startswith("postgresql")):
-        raise ConfigError(f"ENRS_DATABASE_URL is invalid: only sqlite:// and postgresql+psycopg:// are supported")
+        raise ConfigError("ENRS_DATABASE_URL is invalid: only sqlite:// and postgresql+psycopg:// are supported")
 
     mail_url = env.get("ENRS_MAIL_URL") or (f"file://{instance_dir / 'mail'}" if development else "")
     if not mail_url:

@@ -14,16 +14,24 @@ import smtplib
 import ssl
 import tempfile
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
+from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
 from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
-from flask import Flask, Response, current_app, g, has_app_context, has_request_context, render_template
+from flask import (
+    Flask,
+    Response,
+    current_app,
+    g,
+    has_app_context,
+    has_request_context,
+    render_template,
+)
 from sqlalchemy import event
 from sqlalchemy.orm import Mapped, Session, mapped_column
 

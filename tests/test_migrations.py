@@ -1,7 +1,6 @@
 """The Alembic migrations build exactly the schema the models describe."""
 from __future__ import annotations
 
-import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 

@@ -2,14 +2,24 @@
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import Blueprint, abort, flash, g, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    abort,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 from flask_wtf import FlaskForm
 from wtforms import StringField, TextAreaField
 
+from idp.identity import InvalidEmail, normalise_email
 from idp.models import ROLE_REGIONAL_ADMIN, ROLE_SUPER_ADMIN, User
 from idp.sessions import admin_required, super_admin_required
-from onboarding import accounts as operator_accounts, approval
-from idp.identity import InvalidEmail, normalise_email
+from onboarding import accounts as operator_accounts
+from onboarding import approval
 from portal.db import db
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")

@@ -4,10 +4,10 @@ Revision ID: 0001_outbox_audit
 Revises: 
 Create Date: 2026-11-22 00:59:34.090565
 """
-from alembic import op
 import sqlalchemy as sa
-import portal.db
+from alembic import op
 
+import portal.db
 
 revision = '0001_outbox_audit'
 down_revision = None

@@ -4,10 +4,10 @@ Revision ID: 0002_captcha
 Revises: 0001_outbox_audit
 Create Date: 2026-11-22 01:00:18.531868
 """
-from alembic import op
 import sqlalchemy as sa
-import portal.db
+from alembic import op
 
+import portal.db
 
 revision = '0002_captcha'
 down_revision = '0001_outbox_audit'

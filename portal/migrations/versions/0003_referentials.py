@@ -4,10 +4,10 @@ Revision ID: 0003_referentials
 Revises: 0002_captcha
 Create Date: 2026-11-22 01:05:03.041302
 """
-from alembic import op
 import sqlalchemy as sa
-import portal.db
+from alembic import op
 
+import portal.db
 
 revision = '0003_referentials'
 down_revision = '0002_captcha'

@@ -4,10 +4,10 @@ Revision ID: 0004_accounts
 Revises: 0003_referentials
 Create Date: 2026-11-22 01:17:35.198707
 """
-from alembic import op
 import sqlalchemy as sa
-import portal.db
+from alembic import op
 
+import portal.db
 
 revision = '0004_accounts'
 down_revision = '0003_referentials'

@@ -4,10 +4,10 @@ Revision ID: 0005_totp_lockout
 Revises: 0004_accounts
 Create Date: 2026-11-22 01:30:56.053116
 """
-from alembic import op
 import sqlalchemy as sa
-import portal.db
+from alembic import op
 
+import portal.db
 
 revision = '0005_totp_lockout'
 down_revision = '0004_accounts'
