@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, request
+from flask import Flask, Response, abort, request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 from flask_wtf.csrf import CSRFProtect
@@ -13,6 +13,8 @@ csrf = CSRFProtect()
 # Limits are declared on the views; storage is memory per process, or Redis when
 # ENRS_REDIS_URL is set so that every process counts the same attempts.
 limiter = Limiter(key_func=get_remote_address, default_limits=[], headers_enabled=True)
+
+MAX_PLAIN_FORM_BYTES = 256 * 1024
 
 CONTENT_SECURITY_POLICY = "; ".join([
     "default-src 'self'",
@@ -33,6 +35,14 @@ CONTENT_SECURITY_POLICY = "; ".join([
 def init_security(app: Flask, *, hsts: bool) -> None:
     csrf.init_app(app)
     limiter.init_app(app)
+
+    @app.before_request
+    def _small_plain_forms():
+        # Only multipart forms carry files; a plain form has no business being larger
+        # than this, and refusing it early keeps megabytes out of parsing and templates.
+        if (request.mimetype == "application/x-www-form-urlencoded"
+                and (request.content_length or 0) > MAX_PLAIN_FORM_BYTES):
+            abort(413)
 
     @app.after_request
     def _headers(response: Response) -> Response:

@@ -316,3 +316,19 @@ def test_redis_shares_the_failed_login_limit_between_processes(app_env, clock, m
         client = (first if i % 2 else second).test_client()
         statuses.append(post_password(client, f"inconnu{i}", "Mauvais-Secret-1").status_code)
     assert statuses[:20] == [401] * 20 and statuses[20] == 429
+
+
+def test_a_one_megabyte_form_body_is_refused_in_french(portal, client):
+    page = client.get("/login").get_data(as_text=True)
+    response = client.post("/login", data={"csrf_token": csrf(page), "username": "x" * (1024 * 1024 + 10),
+                                           "password": "y"})
+    assert response.status_code == 413
+    assert "Fichier trop volumineux" in response.get_data(as_text=True)
+
+
+def test_non_utf8_form_input_gets_the_generic_answer(portal, client):
+    page = client.get("/login").get_data(as_text=True)
+    body = f"csrf_token={csrf(page)}&username=%FF%FEndupont&password=%C3%28".encode()
+    response = client.post("/login", data=body, content_type="application/x-www-form-urlencoded")
+    assert response.status_code == 401
+    assert "Identifiant ou mot de passe incorrect." in response.get_data(as_text=True)
