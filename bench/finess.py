@@ -4,7 +4,9 @@ For each database (SQLite, and PostgreSQL in a throwaway schema when one is reac
 1. import a 100,000-establishment extraction into an empty database, in a subprocess
    whose peak resident memory (ru_maxrss) is the import's, interpreter included;
 2. import it again (nothing changed), then a newer one (1% renamed, 1% gone);
-3. send 600 searches of ten kinds through the Flask test client and keep the latencies.
+3. send 600 searches of ten kinds through the Flask test client, each one to every
+   database in turn (side by side: a noisy machine slows both alike), keeping the wall
+   time and this process's CPU time of every request, and the load average around them.
 
 Settings: ENRS_BENCH_DATABASE_URL (else ENRS_TEST_DATABASE_URL, else the local
 postgresql+psycopg://postgres@127.0.0.1:5432/test when it answers) for PostgreSQL,
@@ -23,7 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -91,18 +93,33 @@ def throwaway_schema(url: str) -> Iterator[str]:
 # -- the import, in a process of its own -------------------------------------------------
 
 
+def _proc_status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> None:
+    """Start the peak over from the current size (Linux >= 4.0), so that the peak is the
+    import's, not that of the app's start-up."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory. VmHWM rather than ru_maxrss: Linux carries
     ru_maxrss over from the parent across fork and exec, which would report the bench's
     own size instead of the import's."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    peak = _proc_status_mb("VmHWM")
+    return peak if peak is not None else round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def import_child(database_url: str, path: str, workdir: str) -> None:
@@ -114,7 +131,8 @@ def import_child(database_url: str, path: str, workdir: str) -> None:
     with app.app_context():
         from onboarding.finess import import_finess
 
-        baseline = peak_rss_mb()
+        resident = _proc_status_mb("VmRSS")
+        _reset_peak_rss()
         started = time.perf_counter()
         report = import_finess(db.session, path)
         seconds = time.perf_counter() - started
@@ -122,7 +140,8 @@ def import_child(database_url: str, path: str, workdir: str) -> None:
         "seconds": round(seconds, 2),
         "rows_per_second": round(report.lines / seconds),
         "peak_rss_mb": peak_rss_mb(),
-        "rss_before_import_mb": baseline,
+        # The app alone (portal and its libraries, loaded and idle) before the import.
+        "rss_before_import_mb": resident,
         "created": report.created, "updated": report.updated, "closed": report.closed,
         "unchanged": report.unchanged, "rejected": report.rejected,
     }))
@@ -207,87 +226,108 @@ def latency_summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def measure_searches(workdir: Path, database_url: str, queries: list[tuple[str, str]]) -> dict:
-    from portal.app import create_app
+class SearchClient:
+    """The autocomplete of one database, called through the Flask test client."""
 
-    app = create_app(app_env(workdir, database_url))
-    client = app.test_client()
-    by_kind: dict[str, list[float]] = {}
-    empty = 0
+    def __init__(self, workdir: Path, database_url: str) -> None:
+        from portal.app import create_app
 
-    def ask(index: int, query: str) -> tuple[float, list]:
+        self.app = create_app(app_env(workdir, database_url))
+        self.client = self.app.test_client()
+        self.wall: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[float]] = {}
+        self.empty = 0
+
+    def ask(self, index: int, kind: str, query: str, *, record: bool = True) -> None:
         # One address per request: the per-address rate limit stays in the path, unreached.
         address = f"10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}"
-        started = time.perf_counter()
-        response = client.get("/api/establishments", query_string={"q": query, "limit": "10"},
-                              environ_base={"REMOTE_ADDR": address})
-        elapsed = (time.perf_counter() - started) * 1000
+        wall, cpu = time.perf_counter(), time.process_time()
+        response = self.client.get("/api/establishments", query_string={"q": query, "limit": "10"},
+                                   environ_base={"REMOTE_ADDR": address})
+        wall, cpu = (time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000
         if response.status_code != 200:
             raise RuntimeError(f"{query!r}: HTTP {response.status_code}")
-        return elapsed, response.get_json()
+        if record:
+            self.wall.setdefault(kind, []).append(wall)
+            self.cpu.setdefault(kind, []).append(cpu)
+            if not response.get_json() and kind != "no_match":
+                self.empty += 1
 
-    for index, (_, query) in enumerate(queries[:WARM_UP]):
-        ask(100_000 + index, query)
+    def summary(self) -> dict:
+        self.app.extensions["enrs.db"]["engine"].dispose()
+        every = [v for values in self.wall.values() for v in values]
+        every_cpu = [v for values in self.cpu.values() for v in values]
+        return {
+            "wall": latency_summary(every),
+            "cpu": latency_summary(every_cpu),
+            "wall_by_kind": {kind: latency_summary(values) for kind, values in sorted(self.wall.items())},
+            "queries_without_results": self.empty,
+        }
+
+
+def measure_searches(clients: dict[str, SearchClient], queries: list[tuple[str, str]]) -> dict:
+    load_before = os.getloadavg()
+    for index, (kind, query) in enumerate(queries[:WARM_UP]):
+        for client in clients.values():
+            client.ask(100_000 + index, kind, query, record=False)
     for index, (kind, query) in enumerate(queries):
-        elapsed, results = ask(index, query)
-        by_kind.setdefault(kind, []).append(elapsed)
-        if not results and kind != "no_match":
-            empty += 1
-    app.extensions["enrs.db"]["engine"].dispose()
-    everything = [value for values in by_kind.values() for value in values]
-    return {
-        "all": latency_summary(everything),
-        "by_kind": {kind: latency_summary(values) for kind, values in sorted(by_kind.items())},
-        "queries_without_results": empty,
-    }
+        for client in clients.values():
+            client.ask(index, kind, query)
+    load_after = os.getloadavg()
+    result: dict = {name: client.summary() for name, client in clients.items()}
+    result["load_average_1min"] = {"before": round(load_before[0], 2), "after": round(load_after[0], 2)}
+    if "sqlite" in clients and "postgresql" in clients:
+        result["postgresql_to_sqlite_p50"] = round(
+            result["postgresql"]["wall"]["p50_ms"] / result["sqlite"]["wall"]["p50_ms"], 2)
+    return result
 
 
 # -- the benchmark ----------------------------------------------------------------------
 
 
-def bench_database(name: str, database_url: str, workdir: Path, files: dict[str, Path],
-                   queries: list[tuple[str, str]]) -> dict:
+def bench_imports(name: str, database_url: str, workdir: Path, files: dict[str, Path]) -> dict:
     print(f"   {name} : migration, import initial…", flush=True)
     migrate(workdir, database_url)
+    load_before = os.getloadavg()[0]
     first = timed_import(database_url, files["initial"], workdir)
     print(f"   {name} : import {first['seconds']} s, pic mémoire {first['peak_rss_mb']} Mo ; réimports…", flush=True)
     again = timed_import(database_url, files["initial"], workdir)
     newer = timed_import(database_url, files["newer"], workdir)
-    print(f"   {name} : {len(queries)} recherches…", flush=True)
-    searches = measure_searches(workdir, database_url, queries)
-    print(f"   {name} : p50 {searches['all']['p50_ms']} ms, p95 {searches['all']['p95_ms']} ms", flush=True)
     return {"import_empty_database": first, "reimport_same_file": again, "import_newer_file": newer,
-            "searches": searches}
+            "load_average_1min_before": round(load_before, 2)}
 
 
 def run() -> dict:
     count = int(os.environ.get("ENRS_BENCH_FINESS_COUNT", DEFAULT_COUNT))
     workdir = Path(tempfile.mkdtemp(prefix="enrs-bench-finess-"))
     try:
-        files = {"initial": workdir / "finess.csv", "newer": workdir / "finess-newer.csv"}
-        started = time.perf_counter()
-        write_extraction(files["initial"], establishments(count, seed=SEED))
-        write_extraction(files["newer"], newer_rows(count))
-        print(f"   {count} établissements générés en {time.perf_counter() - started:.1f} s", flush=True)
-        queries = search_queries(count)
-        result: dict = {
-            "establishments": count,
-            "file_mb": round(files["initial"].stat().st_size / 1e6, 1),
-            "searches": len(queries),
-            "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-            "databases": {},
-        }
-        sqlite_dir = workdir / "sqlite"
-        result["databases"]["sqlite"] = bench_database(
-            "sqlite", f"sqlite:///{sqlite_dir / 'bench.db'}", sqlite_dir, files, queries)
-        url = postgres_url()
-        if url is None:
-            result["databases"]["postgresql"] = "left out: no PostgreSQL reachable (set ENRS_BENCH_DATABASE_URL)"
-        else:
-            with throwaway_schema(url) as schema_url:
-                result["databases"]["postgresql"] = bench_database(
-                    "postgresql", schema_url, workdir / "postgresql", files, queries)
-        return result
+        with ExitStack() as stack:
+            files = {"initial": workdir / "finess.csv", "newer": workdir / "finess-newer.csv"}
+            started = time.perf_counter()
+            write_extraction(files["initial"], establishments(count, seed=SEED))
+            write_extraction(files["newer"], newer_rows(count))
+            print(f"   {count} établissements générés en {time.perf_counter() - started:.1f} s", flush=True)
+            databases = {"sqlite": f"sqlite:///{workdir / 'sqlite' / 'bench.db'}"}
+            url = postgres_url()
+            if url is not None:
+                databases["postgresql"] = stack.enter_context(throwaway_schema(url))
+            result: dict = {
+                "establishments": count,
+                "file_mb": round(files["initial"].stat().st_size / 1e6, 1),
+                "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                "imports": {name: bench_imports(name, db_url, workdir / name, files)
+                            for name, db_url in databases.items()},
+            }
+            if url is None:
+                result["imports"]["postgresql"] = "left out: no PostgreSQL reachable (set ENRS_BENCH_DATABASE_URL)"
+            queries = search_queries(count)
+            print(f"   {len(queries)} recherches sur {', '.join(databases)}…", flush=True)
+            clients = {name: SearchClient(workdir / name, db_url) for name, db_url in databases.items()}
+            result["searches"] = measure_searches(clients, queries)
+            for name in databases:
+                wall = result["searches"][name]["wall"]
+                print(f"   {name} : p50 {wall['p50_ms']} ms, p95 {wall['p95_ms']} ms", flush=True)
+            return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

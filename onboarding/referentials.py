@@ -14,6 +14,7 @@ import io
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Callable
 from importlib import resources
 from urllib.parse import unquote_to_bytes
 
@@ -24,6 +25,7 @@ from unidecode import unidecode
 
 from onboarding.finess import (
     FINESS_ALPHABET,
+    MAX_TERM_LENGTH,
     TERM_ALPHABET,
     department_of,
     is_valid_finess,
@@ -129,7 +131,7 @@ def search_establishments(session: Session, q: str | None, limit: int = DEFAULT_
         if len(starting) < limit:
             for finess, candidate in _candidates_by_words(session, words).items():
                 candidates.setdefault(finess, candidate)
-    ranked = sorted(candidates.values(), key=lambda c: _rank(c, words, finess_prefix))[:limit]
+    ranked = sorted(candidates.values(), key=_ranking(words, finess_prefix))[:limit]
     return _load_in_order(session, [c.finess for c in ranked])
 
 
@@ -141,11 +143,23 @@ def get_establishment(session: Session, finess: str | None) -> Establishment | N
     return session.get(Establishment, finess)
 
 
-def _prefix_range(column: sa.ColumnElement, prefix: str, alphabet: str = TERM_ALPHABET) -> sa.ColumnElement:
-    upper = prefix_upper_bound(prefix, alphabet)
-    if upper is None:
-        return column >= prefix
-    return sa.and_(column >= prefix, column < upper)
+# The statements are built once per shape (number of words, driving word…) with bound
+# parameters: building SQLAlchemy expressions costs more than running these queries.
+
+
+def _in_range(column: sa.ColumnElement, name: str) -> sa.ColumnElement:
+    return sa.and_(column >= sa.bindparam(f"{name}_lo"), column < sa.bindparam(f"{name}_hi"))
+
+
+def _range_params(name: str, prefix: str, alphabet: str, longest: int) -> dict[str, str]:
+    # Past "zz…" there is no bound in the alphabet; a run of "z" longer than any stored
+    # value sorts after all of them, under a byte order and a linguistic collation alike.
+    upper = prefix_upper_bound(prefix, alphabet) or "z" * (longest + 1)
+    return {f"{name}_lo": prefix, f"{name}_hi": upper}
+
+
+def _term_params(name: str, word: str) -> dict[str, str]:
+    return _range_params(name, word, TERM_ALPHABET, MAX_TERM_LENGTH)
 
 
 def _candidate_columns() -> tuple:
@@ -153,65 +167,76 @@ def _candidate_columns() -> tuple:
     return e.c.finess, e.c.name_key, e.c.long_name_key, e.c.search_text
 
 
-def _candidates(session: Session, statement: sa.Select) -> dict[str, _Candidate]:
+def _candidates(session: Session, statement: sa.Select, params: dict[str, object]) -> dict[str, _Candidate]:
     candidates: dict[str, _Candidate] = {}
-    for row in session.execute(statement):
+    for row in session.execute(statement, params):
         candidates.setdefault(row.finess, _Candidate(*row))
         if len(candidates) >= CANDIDATE_CAP:
             break
     return candidates
 
 
-def _candidates_by_finess_prefix(session: Session, prefix: str) -> dict[str, _Candidate]:
+@lru_cache(maxsize=1)
+def _finess_prefix_statement() -> sa.Select:
     e = Establishment.__table__
-    return _candidates(session, (
-        sa.select(*_candidate_columns())
-        .where(_prefix_range(e.c.finess, prefix, FINESS_ALPHABET), e.c.closed_at.is_(None))
-        .order_by(e.c.finess)
-        .limit(CANDIDATE_CAP)
-    ))
+    return (sa.select(*_candidate_columns())
+            .where(_in_range(e.c.finess, "finess"), e.c.closed_at.is_(None))
+            .order_by(e.c.finess).limit(CANDIDATE_CAP))
+
+
+def _candidates_by_finess_prefix(session: Session, prefix: str) -> dict[str, _Candidate]:
+    params = _range_params("finess", prefix, FINESS_ALPHABET, 9)
+    return _candidates(session, _finess_prefix_statement(), params)
+
+
+@lru_cache(maxsize=1)
+def _name_start_statement() -> sa.Select:
+    e = Establishment.__table__
+    return (sa.select(*_candidate_columns())
+            .where(sa.or_(_in_range(e.c.name_key, "name"), _in_range(e.c.long_name_key, "name")),
+                   e.c.closed_at.is_(None))
+            .limit(CANDIDATE_CAP))
 
 
 def _candidates_by_name_start(session: Session, phrase: str) -> dict[str, _Candidate]:
     """Open establishments whose short or long name starts with the typed words: the
     common case of a name typed from its beginning, answered from the name indexes."""
-    e = Establishment.__table__
-    matches = _candidates(session, (
-        sa.select(*_candidate_columns())
-        .where(sa.or_(_prefix_range(e.c.name_key, phrase, _NAME_ALPHABET),
-                      _prefix_range(e.c.long_name_key, phrase, _NAME_ALPHABET)),
-               e.c.closed_at.is_(None))
-        .limit(CANDIDATE_CAP)
-    ))
+    params = _range_params("name", phrase, _NAME_ALPHABET, 255)
+    matches = _candidates(session, _name_start_statement(), params)
     # Under a linguistic collation the range may also hold "centreber…" for "centre ber".
     return {f: c for f, c in matches.items() if _name_starts_with(c, phrase)}
 
 
-def _driving_word(session: Session, words: list[str]) -> tuple[int, bool]:
+@lru_cache(maxsize=MAX_QUERY_WORDS)
+def _count_statement(word_count: int) -> sa.Select:
+    terms = EstablishmentTerm.__table__
+    counts = []
+    for index in range(word_count):
+        capped = (sa.select(sa.literal(1)).select_from(terms)
+                  .where(_in_range(terms.c.term, f"w{index}")).limit(COUNT_CAP).subquery())
+        counts.append(sa.select(sa.func.count()).select_from(capped).scalar_subquery())
+    return sa.select(*counts)
+
+
+def _driving_word(session: Session, words: list[str], params: dict[str, str]) -> tuple[int, bool]:
     """The index of the word with the fewest terms (counted up to COUNT_CAP, all words in
     one round trip; among words past the cap, the longest), and whether it is common."""
     if len(words) == 1:
         return 0, True
-    terms = EstablishmentTerm.__table__
-    counts = []
-    for word in words:
-        capped = (sa.select(sa.literal(1)).select_from(terms)
-                  .where(_prefix_range(terms.c.term, word)).limit(COUNT_CAP).subquery())
-        counts.append(sa.select(sa.func.count()).select_from(capped).scalar_subquery())
-    row = session.execute(sa.select(*counts)).one()
+    row = session.execute(_count_statement(len(words)), params).one()
     driver = min(range(len(words)), key=lambda i: (row[i], -len(words[i])))
     return driver, row[driver] >= COUNT_CAP
 
 
-def _candidates_by_words(session: Session, words: list[str]) -> dict[str, _Candidate]:
+@lru_cache(maxsize=64)
+def _words_statement(word_count: int, driver: int, common: bool) -> sa.Select:
     """Open establishments holding every word, read from the driving word's range.
 
     The matching numbers are chosen in a LIMITed subquery over the terms alone (index-only
     scans and probes), so that both databases then join at most a few hundred rows."""
-    driver, common = _driving_word(session, words)
     terms = EstablishmentTerm.__table__
-    driving_range = _prefix_range(terms.c.term, words[driver])
-    if common and len(words) > 1:
+    driving_range = _in_range(terms.c.term, f"w{driver}")
+    if common and word_count > 1:
         scanned = sa.select(terms.c.finess).where(driving_range).limit(COMMON_SCAN).subquery("scanned")
         matching = sa.select(scanned.c.finess)
         finess_column = scanned.c.finess
@@ -219,42 +244,53 @@ def _candidates_by_words(session: Session, words: list[str]) -> dict[str, _Candi
         matching = sa.select(terms.c.finess).where(driving_range)
         finess_column = terms.c.finess
     other = terms.alias("other")
-    for index, word in enumerate(words):
+    for index in range(word_count):
         if index != driver:
             # A correlated LIMIT 1 probe rather than EXISTS: PostgreSQL would turn EXISTS
             # into a hash semi-join over the whole range of a common word, while the
             # driving word, being the rarest, is best checked row by row.
             probe = (sa.select(sa.literal(1)).select_from(other)
-                     .where(other.c.finess == finess_column, _prefix_range(other.c.term, word))
+                     .where(other.c.finess == finess_column, _in_range(other.c.term, f"w{index}"))
                      .limit(1).scalar_subquery())
             matching = matching.where(probe.is_not(None))
     # A prefix can match several words of one establishment: leave room for repeats.
     limited = matching.limit(CANDIDATE_CAP + CANDIDATE_CAP // 2).subquery("limited")
     ids = sa.select(limited.c.finess).distinct().subquery("ids")
     e = Establishment.__table__
-    return _candidates(session, (
-        sa.select(*_candidate_columns())
-        .select_from(ids.join(e, e.c.finess == ids.c.finess))
-        .where(e.c.closed_at.is_(None))
-    ))
+    return (sa.select(*_candidate_columns())
+            .select_from(ids.join(e, e.c.finess == ids.c.finess))
+            .where(e.c.closed_at.is_(None)))
+
+
+def _candidates_by_words(session: Session, words: list[str]) -> dict[str, _Candidate]:
+    params: dict[str, object] = {}
+    for index, word in enumerate(words):
+        params.update(_term_params(f"w{index}", word))
+    driver, common = _driving_word(session, words, params)
+    return _candidates(session, _words_statement(len(words), driver, common), params)
 
 
 def _name_starts_with(candidate: _Candidate, phrase: str) -> bool:
     return candidate.name_key.startswith(phrase) or candidate.long_name_key.startswith(phrase)
 
 
-def _rank(candidate: _Candidate, words: list[str], finess_prefix: str | None) -> tuple:
-    if finess_prefix and candidate.finess.startswith(finess_prefix):
-        return (1, 0, 0, "", candidate.finess)  # typing a number: numeric order
-    if words and _name_starts_with(candidate, " ".join(words)):
-        tier = 2
-    else:
-        name_words = (candidate.name_key + " " + candidate.long_name_key).split()
-        named = all(any(n.startswith(w) for n in name_words) for w in words)
-        tier = 3 if named else 4
-    tokens = set(candidate.search_text.split())
-    exact_words = sum(1 for w in words if w in tokens)
-    return (tier, -exact_words, len(candidate.name_key), candidate.name_key, candidate.finess)
+def _ranking(words: list[str], finess_prefix: str | None) -> Callable[[_Candidate], tuple]:
+    """The sort key of the candidates of one query (lower sorts first)."""
+    phrase = " ".join(words)
+
+    def key(candidate: _Candidate) -> tuple:
+        if finess_prefix and candidate.finess.startswith(finess_prefix):
+            return (1, 0, 0, "", candidate.finess)  # typing a number: numeric order
+        if words and _name_starts_with(candidate, phrase):
+            tier = 2
+        else:
+            name_words = (candidate.name_key + " " + candidate.long_name_key).split()
+            tier = 3 if all(any(n.startswith(w) for n in name_words) for w in words) else 4
+        tokens = candidate.search_text.split()
+        exact_words = sum(1 for w in words if w in tokens)
+        return (tier, -exact_words, len(candidate.name_key), candidate.name_key, candidate.finess)
+
+    return key
 
 
 def _load_in_order(session: Session, finess_numbers: list[str]) -> list[Establishment]:
