@@ -38,5 +38,12 @@ test-postgres: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# The browser suite: real `enrs serve` processes driven through Debian's Chromium
+# (/usr/bin/chromium) by Playwright; never a browser download. Screenshots and server
+# logs go to tests/e2e/artifacts/. E2E_ARGS passes options to pytest (e.g. -k keyboard).
+E2E_ARGS ?=
+e2e: $(STAMP)
+	$(BIN)/python -m pytest -q tests/e2e $(E2E_ARGS)
+
 clean:
 	rm -rf $(VENV) instance .pytest_cache bench/results
