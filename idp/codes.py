@@ -78,45 +78,49 @@ class CodeRefused(Exception):
         self.attempts_left = attempts_left
 
 
-def check_code(session: Session, pending: PendingLogin, code: str) -> None:
-    """Consume the code once, atomically; raise CodeRefused otherwise.
-
-    Each try is counted by a conditional UPDATE before comparing, so parallel guesses
-    cannot exceed the limit, and the winning code is consumed by another conditional
-    UPDATE, so two concurrent submissions of the right code log in once.
-    """
+def count_attempt(session: Session, pending: PendingLogin) -> int:
+    """Count one try at the second step before looking at it, with a conditional UPDATE,
+    so that parallel guesses cannot exceed the limit; returns the tries made so far."""
     current = now()
     table = PendingLogin.__table__
-    counted = session.execute(
+    attempts = session.execute(
         table.update()
         .where(
             table.c.id == pending.id,
             table.c.consumed_at.is_(None),
             table.c.code_attempts < MAX_CODE_ATTEMPTS,
-            table.c.code_expires_at > current,
             table.c.expires_at > current,
         )
         .values(code_attempts=table.c.code_attempts + 1)
-        .returning(table.c.code_attempts, table.c.code_hash)
-    ).first()
+        .returning(table.c.code_attempts)
+    ).scalar()
     session.commit()
-    if counted is None:
+    if attempts is None:
         session.refresh(pending)
         if pending.consumed_at is not None:
             raise CodeRefused("used")
         if pending.code_attempts >= MAX_CODE_ATTEMPTS:
             raise CodeRefused("exhausted")
         raise CodeRefused("expired")
-    attempts, code_hash = counted
-    cleaned = "".join(ch for ch in code if ch.isdigit())
-    if len(cleaned) != 6 or code_hash is None or not hmac.compare_digest(code_hash, _digest(pending.id, cleaned)):
-        if attempts >= MAX_CODE_ATTEMPTS:
-            raise CodeRefused("exhausted")
-        raise CodeRefused("wrong", MAX_CODE_ATTEMPTS - attempts)
+    return attempts
+
+
+def email_code_matches(pending: PendingLogin, code: str) -> bool:
+    """The emailed code, still valid, compared in constant time."""
+    if pending.code_hash is None or pending.code_expires_at is None or pending.code_expires_at <= now():
+        return False
+    return len(code) == 6 and hmac.compare_digest(pending.code_hash, _digest(pending.id, code))
+
+
+def email_code_expired(pending: PendingLogin) -> bool:
+    return pending.code_expires_at is not None and pending.code_expires_at <= now()
+
+
+def consume(session: Session, pending: PendingLogin) -> None:
+    """End the pending login once: of two concurrent right answers, one logs in."""
+    table = PendingLogin.__table__
     won = session.execute(
-        table.update()
-        .where(table.c.id == pending.id, table.c.consumed_at.is_(None), table.c.code_hash == code_hash)
-        .values(consumed_at=current)
+        table.update().where(table.c.id == pending.id, table.c.consumed_at.is_(None)).values(consumed_at=now())
     ).rowcount
     if won != 1:
         session.rollback()

@@ -11,7 +11,7 @@ from flask import session as cookie
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, PasswordField, StringField
 
-from idp import codes, lockout
+from idp import codes, lockout, totp
 from idp.codes import CodeRefused, PendingLogin
 from idp.models import STATUS_ACTIVE, User
 from idp.passwords import hash_password, needs_rehash, verify_password
@@ -25,8 +25,12 @@ bp = Blueprint("login", __name__)
 
 PENDING_KEY = "pending_login"
 GENERIC_FAILURE = "Identifiant ou mot de passe incorrect."
+# How the session was proven, for the OpenID Provider's amr/acr claims (RFC 8176 values).
 AMR_EMAIL_CODE = ["pwd", "otp", "mca"]
 ACR_EMAIL_CODE = "urn:enrs:acr:pwd-otp-email"
+AMR_TOTP = ["pwd", "otp", "mfa"]
+AMR_RECOVERY_CODE = ["pwd", "kba", "mfa"]
+ACR_TOTP = "urn:enrs:acr:pwd-otp-app"
 
 
 class LoginForm(FlaskForm):
@@ -89,7 +93,10 @@ def login():
             next_url=safe_next(form.next.data, "") or None, user=user,
         )
         session.add(pending)
-        codes.send_code(session, pending)
+        # With an authenticator app the code comes from the app; the email code remains
+        # one click away ("Recevoir plutôt un code par mail").
+        if not totp.has_totp(session, user):
+            codes.send_code(session, pending)
         audit.record(session, "login.password_ok", actor_id=user.id, actor_label=user.login,
                      target_type="user", target_id=user.id)
         session.commit()
@@ -114,6 +121,28 @@ def _restart(message: str):
     return redirect(url_for("login.login"), code=303)
 
 
+def _second_factor(session, pending: PendingLogin, answer: str) -> tuple[list[str], str] | None:
+    """(amr, acr) of the second factor the answer proves, or None. Tried in turn: the
+    authenticator app, the emailed code, a recovery code."""
+    user = pending.user
+    digits = "".join(ch for ch in answer if ch.isdigit())
+    enrolled = totp.has_totp(session, user)
+    if enrolled and len(digits) == 6 and digits == answer.replace(" ", "") and totp.verify_totp(session, user, digits):
+        return AMR_TOTP, ACR_TOTP
+    if codes.email_code_matches(pending, digits):
+        return AMR_EMAIL_CODE, ACR_EMAIL_CODE
+    if enrolled and totp.verify_recovery_code(session, user, answer):
+        return AMR_RECOVERY_CODE, ACR_TOTP
+    return None
+
+
+def _code_page(form: CodeForm, pending: PendingLogin, error: str | None, status: int = 200):
+    session = db.session
+    return render_template("idp/login_code.html", form=form, error=error, pending=pending,
+                           app_enrolled=totp.has_totp(session, pending.user),
+                           email_sent=pending.code_hash is not None), status
+
+
 @bp.route("/login/code", methods=["GET", "POST"])
 @limiter.limit("20 per minute", methods=["POST"])
 def code():
@@ -121,31 +150,41 @@ def code():
     if pending is None:
         return _restart("Votre demande de connexion a expiré. Veuillez vous authentifier à nouveau.")
     form = CodeForm()
-    error = None
     if request.method == "POST" and form.validate():
         session = db.session
+        answer = (form.code.data or "").strip()[:64]
         try:
-            codes.check_code(session, pending, form.code.data or "")
+            attempts = codes.count_attempt(session, pending)
+            proof = _second_factor(session, pending, answer)
+            if proof is None:
+                if codes.email_code_expired(pending) and not totp.has_totp(session, pending.user):
+                    raise CodeRefused("expired")
+                left = codes.MAX_CODE_ATTEMPTS - attempts
+                raise CodeRefused("wrong" if left else "exhausted", left)
+            codes.consume(session, pending)
         except CodeRefused as refused:
+            session.rollback()
             audit.record(session, "login.code_refused", outcome="failure", actor_id=pending.user_id,
                          target_type="user", target_id=pending.user_id, details={"reason": refused.reason})
             session.commit()
-            if refused.reason == "wrong":
-                error = (f"Le code saisi est incorrect. Il vous reste {refused.attempts_left} "
-                         f"essai{'s' if refused.attempts_left > 1 else ''}.")
-            elif refused.reason == "exhausted":
-                error = "Trop de codes incorrects : ce code n'est plus valable. Demandez un nouveau code."
-            elif refused.reason == "expired":
-                error = "Ce code a expiré. Demandez un nouveau code."
-            else:
+            if refused.reason == "used":
                 return _restart("Ce code a déjà été utilisé. Veuillez vous authentifier à nouveau.")
             form.code.data = ""
-            return render_template("idp/login_code.html", form=form, error=error, pending=pending), 401
-        user = pending.user
-        start_session(session, user, AMR_EMAIL_CODE, ACR_EMAIL_CODE)
+            return _code_page(form, pending, REFUSALS[refused.reason].format(left=refused.attempts_left,
+                                                                              s="s" if refused.attempts_left > 1 else ""),
+                              401)
+        amr, acr = proof
+        start_session(session, pending.user, amr, acr)
         session.commit()
         return redirect(safe_next(pending.next_url, url_for("portal.home")), code=303)
-    return render_template("idp/login_code.html", form=form, error=error, pending=pending)
+    return _code_page(form, pending, None)
+
+
+REFUSALS = {
+    "wrong": "Le code saisi est incorrect. Il vous reste {left} essai{s}.",
+    "exhausted": "Trop de codes incorrects : ce code n'est plus valable. Demandez un nouveau code.",
+    "expired": "Ce code a expiré. Demandez un nouveau code.",
+}
 
 
 @bp.post("/login/resend")
@@ -159,11 +198,12 @@ def resend():
         wait = int((pending.code_sent_at + codes.RESEND_INTERVAL - now()).total_seconds()) + 1
         flash(f"Un code vient d'être envoyé. Vous pourrez en demander un nouveau dans {wait} secondes.", "error")
     else:
+        first = pending.code_hash is not None
         codes.send_code(session, pending)
         audit.record(session, "login.code_resent", actor_id=pending.user_id, target_type="user",
                      target_id=pending.user_id)
         session.commit()
-        flash("Un nouveau code vous a été envoyé par mail. Le précédent n'est plus valable.", "success")
+        flash("Un code vous a été envoyé par mail." + (" Le précédent n'est plus valable." if first else ""), "success")
     return redirect(url_for("login.code"), code=303)
 
 

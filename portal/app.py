@@ -79,6 +79,7 @@ def _register_blueprints(app: Flask) -> None:
     from idp.account import bp as account_bp
     from idp.login import bp as login_bp
     from idp.reset import bp as reset_bp
+    from idp.totp import bp as totp_bp
     from onboarding.approval import bp as activation_bp
     from onboarding.captcha import bp as captcha_bp
     from onboarding.referentials import bp as referentials_bp
@@ -89,7 +90,7 @@ def _register_blueprints(app: Flask) -> None:
 
     sessions.init_app(app)
     for blueprint in (portal_bp, cgu_bp, referentials_bp, captcha_bp, registration_bp, activation_bp,
-                      login_bp, reset_bp, account_bp, admin_bp):
+                      login_bp, reset_bp, account_bp, totp_bp, admin_bp):
         app.register_blueprint(blueprint)
 
 

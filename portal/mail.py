@@ -15,6 +15,7 @@ import ssl
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from functools import lru_cache
@@ -257,8 +258,14 @@ def _release(session: Session, message: OutboxMessage, exc: Exception) -> None:
     session.commit()
 
 
+# Headers are not folded: Python 3.11 drops the space between two RFC 2047 encoded words
+# when it folds a long non-ASCII subject (CPython gh-144156). Our headers stay far below
+# the 998-character line limit of RFC 5322.
+UNFOLDED = email_policy.SMTP.clone(max_line_length=998)
+
+
 def build_email(message: OutboxMessage, sender: str) -> EmailMessage:
-    email = EmailMessage()
+    email = EmailMessage(policy=UNFOLDED)
     email["From"] = f"{current_settings().portal_name} <{sender}>"
     email["To"] = message.recipient
     email["Subject"] = message.subject
