@@ -332,3 +332,46 @@ def test_non_utf8_form_input_gets_the_generic_answer(portal, client):
     response = client.post("/login", data=body, content_type="application/x-www-form-urlencoded")
     assert response.status_code == 401
     assert "Identifiant ou mot de passe incorrect." in response.get_data(as_text=True)
+
+
+def test_session_ends_after_its_absolute_lifetime_even_when_active(portal, client, mailbox, clock):
+    login(client, mailbox, "ndupont", PASSWORD, EMAIL)
+    for _ in range(24):  # active every 25 minutes for 10 hours
+        clock.advance(minutes=25)
+        assert "Se déconnecter" in client.get("/").get_data(as_text=True)
+    clock.advance(hours=2, minutes=1)
+    assert "Se déconnecter" not in client.get("/").get_data(as_text=True)
+
+
+def test_a_code_entered_after_the_pending_login_expired_is_refused(portal, client, mailbox, clock):
+    post_password(client, "ndupont", PASSWORD)
+    code = code_from(mailbox)
+    token = csrf(client.get("/login/code").get_data(as_text=True))
+    clock.advance(minutes=31)
+    response = client.post("/login/code", data={"csrf_token": token, "code": code})
+    assert response.status_code == 303 and response.headers["Location"].endswith("/login")
+    assert "Votre demande de connexion a expiré" in client.get("/login").get_data(as_text=True)
+
+
+def test_another_users_code_does_not_open_this_account(portal, client, mailbox):
+    from onboarding.accounts import create_professional
+    from portal.db import db
+
+    with portal.app_context():
+        create_professional(db.session, email="autre@esante-test.fr", password="Un-Secret-Solide-1",
+                            first_name="Anne", last_name="Leroy", profession="60", finess=None)
+        db.session.commit()
+    other = portal.test_client()
+    page = other.get("/login").get_data(as_text=True)
+    other.post("/login", data={"csrf_token": csrf(page), "username": "aleroy", "password": "Un-Secret-Solide-1"})
+    their_code = re.search(r"unique est : (\d{6})", body_text(mailbox.last("autre@esante-test.fr"))).group(1)
+    post_password(client, "ndupont", PASSWORD)
+    if their_code != code_from(mailbox):
+        assert post_code(client, their_code).status_code == 401
+
+
+def test_login_without_csrf_token_is_refused(portal, client, mailbox):
+    client.get("/login")
+    response = client.post("/login", data={"username": "ndupont", "password": PASSWORD})
+    assert response.status_code == 400 and "Session expirée" in response.get_data(as_text=True)
+    assert mailbox.messages == []
