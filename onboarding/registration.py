@@ -181,7 +181,7 @@ def check_registration(session: Session, form: RegistrationForm) -> Registration
             _error(reg, form.contact_email, str(exc))
 
     for row in form.establishments:
-        reg.establishments.append(_check_establishment(session, reg, row.form))
+        reg.establishments.append(check_establishment(session, reg, row.form))
 
     reg.values = {
         "email": email,
@@ -192,7 +192,7 @@ def check_registration(session: Session, form: RegistrationForm) -> Registration
     return reg
 
 
-def _check_establishment(session: Session, reg: Registration, row: EstablishmentForm) -> dict[str, object]:
+def check_establishment(session: Session, reg: Registration, row: EstablishmentForm) -> dict[str, object]:
     for field in row:
         if field.errors:
             reg.errors.setdefault(field.id, field.errors[0])
@@ -336,7 +336,7 @@ def register():
     action = request.form.get("action") if request.method == "POST" else None
 
     if request.method == "POST":
-        _apply_search_choices(form)
+        apply_search_choices(form)
         if captcha.refresh_requested(request.form):
             pass  # "Nouvelle image" without JavaScript: the same form, another image
         elif action == "add_establishment" and len(form.establishments) < MAX_ESTABLISHMENTS:
@@ -344,7 +344,7 @@ def register():
         elif action and action.startswith("remove_establishment-") and len(form.establishments) > 1:
             _remove_row(form, action)
         elif action and action.startswith("search-"):
-            index = _row_index(action, len(form.establishments))
+            index = row_index(action, len(form.establishments))
             if index is not None:
                 query = form.establishments[index].form.query.data or ""
                 search_results[index] = search_establishments(session, query, 10)
@@ -359,7 +359,7 @@ def register():
                 return redirect(url_for("registration.sent"), code=303)
             log.info("registration refused: %s", sorted(reg.errors))
 
-    chosen = _chosen_establishments(session, form)
+    chosen = chosen_establishments(session, form)
     challenge = captcha.new_challenge(session)
     session.commit()
     errors = reg.errors if reg else {}
@@ -379,7 +379,7 @@ def register():
     ), status
 
 
-def _apply_search_choices(form: RegistrationForm) -> None:
+def apply_search_choices(form: RegistrationForm) -> None:
     """Without JavaScript, the establishment is picked among search results (radios)."""
     for index, row in enumerate(form.establishments):
         choice = request.form.get(f"establishments-{index}-choice", "").strip()
@@ -387,7 +387,7 @@ def _apply_search_choices(form: RegistrationForm) -> None:
             row.form.finess.data = choice
 
 
-def _chosen_establishments(session: Session, form: RegistrationForm) -> dict[int, object]:
+def chosen_establishments(session: Session, form: RegistrationForm) -> dict[int, object]:
     """The referential entry of each row whose FINESS is known, to show its address."""
     chosen = {}
     for index, row in enumerate(form.establishments):
@@ -402,7 +402,7 @@ def _chosen_establishments(session: Session, form: RegistrationForm) -> dict[int
     return chosen
 
 
-def _row_index(action: str, count: int) -> int | None:
+def row_index(action: str, count: int) -> int | None:
     try:
         index = int(action.rsplit("-", 1)[1])
     except (IndexError, ValueError):
@@ -411,7 +411,7 @@ def _row_index(action: str, count: int) -> int | None:
 
 
 def _remove_row(form: RegistrationForm, action: str) -> None:
-    index = _row_index(action, len(form.establishments))
+    index = row_index(action, len(form.establishments))
     if index is None:
         return
     kept = [entry.data for i, entry in enumerate(form.establishments) if i != index]

@@ -82,6 +82,7 @@ def _register_blueprints(app: Flask) -> None:
     from idp.totp import bp as totp_bp
     from onboarding.approval import bp as activation_bp
     from onboarding.captcha import bp as captcha_bp
+    from onboarding.profile import bp as establishments_bp
     from onboarding.referentials import bp as referentials_bp
     from onboarding.registration import bp as registration_bp
     from portal.admin import bp as admin_bp
@@ -90,7 +91,7 @@ def _register_blueprints(app: Flask) -> None:
 
     sessions.init_app(app)
     for blueprint in (portal_bp, cgu_bp, referentials_bp, captcha_bp, registration_bp, activation_bp,
-                      login_bp, reset_bp, account_bp, totp_bp, admin_bp):
+                      login_bp, reset_bp, account_bp, totp_bp, establishments_bp, admin_bp):
         app.register_blueprint(blueprint)
 
 

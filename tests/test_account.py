@@ -173,3 +173,59 @@ def test_a_newer_cgu_version_must_be_accepted_before_going_on(portal, signed_in,
     assert accepted.status_code == 303 and accepted.headers["Location"] == "/account/"
     assert "version 2.0" in signed_in.get("/account/").get_data(as_text=True)
     assert signed_in.get("/cgu").status_code == 200
+
+
+def test_user_adds_an_establishment_found_by_search_then_removes_the_first(portal, signed_in):
+    import re
+
+    page = signed_in.get("/account/establishments/").get_data(as_text=True)
+    assert "AIRBP IRC DREUX" in page and "Ajouter un établissement" in page
+    searched = signed_in.post("/account/establishments/", data={
+        "csrf_token": csrf(page), "action": "search-0", "establishments-0-query": "tours bretonneau"})
+    html = searched.get_data(as_text=True)
+    choice = re.search(r'name="establishments-0-choice" value="(\w+)"', html).group(1)
+    missing = signed_in.post("/account/establishments/", data={
+        "csrf_token": csrf(page), "establishments-0-choice": choice, "action": "submit"})
+    assert missing.status_code == 422
+    assert error_for(missing.get_data(as_text=True), "establishments-0-service") == "Ce champ est obligatoire."
+    added = signed_in.post("/account/establishments/", data={
+        "csrf_token": csrf(page), "establishments-0-finess": choice, "establishments-0-function_type": "Médecin",
+        "establishments-0-service": "Cardiologie", "action": "submit"})
+    assert added.status_code == 303
+    again = signed_in.post("/account/establishments/", data={
+        "csrf_token": csrf(page), "establishments-0-finess": choice, "establishments-0-function_type": "Médecin",
+        "establishments-0-service": "Cardiologie", "action": "submit"})
+    assert error_for(again.get_data(as_text=True), "establishments-0-finess") == (
+        "Cet établissement figure déjà dans votre liste.")
+
+    from idp.models import UserEstablishment
+    from portal.db import db
+
+    with portal.app_context():
+        first = db.session.scalar(sa.select(UserEstablishment).where(UserEstablishment.finess == "280503848"))
+    done = signed_in.post(f"/account/establishments/{first.id}/remove", data={"csrf_token": csrf(page)},
+                          follow_redirects=True).get_data(as_text=True)
+    assert "L'établissement AIRBP IRC DREUX est retiré de votre liste." in __import__("html").unescape(done)
+    page = signed_in.get("/account/establishments/").get_data(as_text=True)
+    assert "AIRBP IRC DREUX" not in page and "CHU TOURS BRETONNEAU" in page
+    # The last establishment cannot be removed.
+    with portal.app_context():
+        last = db.session.scalar(sa.select(UserEstablishment))
+    response = signed_in.post(f"/account/establishments/{last.id}/remove", data={"csrf_token": csrf(page)},
+                              follow_redirects=True)
+    assert "Vous devez garder au moins un établissement" in response.get_data(as_text=True)
+
+
+def test_someone_elses_establishment_row_cannot_be_removed(portal, signed_in):
+    from idp.models import UserEstablishment
+    from onboarding.accounts import create_professional
+    from portal.db import db
+
+    with portal.app_context():
+        other = create_professional(db.session, email="autre@esante-test.fr", password="Un-Secret-Solide-1",
+                                    first_name="Anne", last_name="Leroy", profession="60", finess="280503848")
+        db.session.commit()
+        row_id = db.session.scalar(sa.select(UserEstablishment.id).where(UserEstablishment.user_id == other.id))
+    page = account_page(signed_in)
+    assert signed_in.post(f"/account/establishments/{row_id}/remove",
+                          data={"csrf_token": csrf(page)}).status_code == 404
