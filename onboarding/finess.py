@@ -95,12 +95,24 @@ TERM_ALPHABET = "0123456789abcdefghijklmnopqrstuvwxyz"
 FINESS_ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
+# The accented letters of French names, transliterated without calling Unidecode (which
+# costs a Python call per character); Unidecode handles whatever else remains.
+_FRENCH_LETTERS = str.maketrans({
+    **{c: "a" for c in "àâäáãåÀÂÄÁÃÅ"}, **{c: "e" for c in "éèêëÉÈÊË"}, **{c: "i" for c in "îïíìÎÏÍÌ"},
+    **{c: "o" for c in "ôöóòõÔÖÓÒÕ"}, **{c: "u" for c in "ùûüúÙÛÜÚ"}, **{c: "c" for c in "çÇ"},
+    **{c: "y" for c in "ÿŸ"}, **{c: "n" for c in "ñÑ"}, "œ": "oe", "Œ": "oe", "æ": "ae", "Æ": "ae",
+    "’": " ", "–": " ", "—": " ", "«": " ", "»": " ", "\u00a0": " ",
+})
+
+
 def normalise(text: str | None) -> str:
     """Lower-case ASCII words separated by one space: "Hôpital d'Évreux" -> "hopital d evreux"."""
     if not text:
         return ""
     if not text.isascii():
-        text = unidecode(text)
+        text = text.translate(_FRENCH_LETTERS)
+        if not text.isascii():
+            text = unidecode(text)
     return _NOT_ALNUM.sub(" ", text.lower()).strip()
 
 
@@ -603,7 +615,7 @@ class _BatchWriter:
         if not records:
             return
         rows = [{**r.values, "closed_at": None, "created_at": at, "updated_at": at} for r in records]
-        self.session.execute(sa.insert(self.table), rows)
+        self._bulk_insert(self.table, rows)
         self._insert_terms(records)
 
     def _update(self, records: list[EstablishmentRecord], at: datetime) -> None:
@@ -619,9 +631,27 @@ class _BatchWriter:
         self._insert_terms(records)
 
     def _insert_terms(self, records: Iterable[EstablishmentRecord]) -> None:
-        rows = [{"term": term, "finess": r.finess} for r in records for term in r.terms]
-        if rows:
-            self.session.execute(sa.insert(self.terms), rows)
+        self._bulk_insert(self.terms, [{"term": term, "finess": r.finess} for r in records for term in r.terms])
+
+    def _bulk_insert(self, table: sa.Table, rows: list[dict[str, object]]) -> None:
+        """Insert many rows: COPY on PostgreSQL, where psycopg's pipelined executemany is
+        ten times slower (a national import writes ~900,000 rows); executemany elsewhere."""
+        if not rows:
+            return
+        connection = self.session.connection()
+        dialect = connection.dialect
+        if dialect.name != "postgresql":
+            connection.execute(sa.insert(table), rows)
+            return
+        names = list(rows[0])
+        # The columns' own bind processing (UTCDateTime stores naive UTC, for one).
+        processors = [(name, table.c[name].type.bind_processor(dialect)) for name in names]
+        preparer = dialect.identifier_preparer
+        command = (f"COPY {preparer.format_table(table)} ({', '.join(preparer.quote(n) for n in names)}) "
+                   "FROM STDIN")
+        with connection.connection.cursor() as cursor, cursor.copy(command) as copy:
+            for row in rows:
+                copy.write_row([process(row[name]) if process else row[name] for name, process in processors])
 
     def open_numbers(self) -> list[str]:
         """The FINESS numbers of this source's open establishments."""
