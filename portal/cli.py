@@ -223,8 +223,11 @@ def _register_optional_groups() -> None:
 @click.option("--port", default=5000, show_default=True, type=int)
 def serve(host: str, port: int) -> None:
     """Serve the portal (development server; see docs for production)."""
+    from portal.mail import sweep_outbox_every
+
     app = get_app()
     settings = app.extensions["enrs.settings"]
+    sweep_outbox_every(app, 60)
     click.echo(f"{settings.portal_name} : {settings.base_url} (écoute sur http://{host}:{port})")
     if settings.mail_url.startswith("file://"):
         click.echo(f"Les mails sont écrits dans {settings.mail_url.removeprefix('file://')}")

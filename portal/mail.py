@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import smtplib
 import ssl
 import tempfile
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import policy as email_policy
@@ -122,42 +124,83 @@ def _deliver_after_commit(session: Session) -> None:
     if has_request_context():
         # The committing session still holds its connection here; delivering now would
         # take a second one, and under a full pool every request would wait for another.
-        # Delivery happens once the response is sent (see init_app).
+        # The request hands them to the delivery thread when it ends (see init_app).
         g.setdefault("enrs_outbox_ids", []).extend(ids)
     else:
         _deliver_quietly(ids)
 
 
-def _deliver_quietly(ids: list[int]) -> None:
+def _deliver_quietly(ids: list[int] | None) -> None:
     try:
         deliver(ids=ids)
     except Exception:  # the outbox keeps them; never fail the user's committed action
         log.exception("immediate delivery failed; messages stay in the outbox")
 
 
-def init_app(app: Flask) -> None:
-    @app.after_request
-    def _deliver_once_sent(response: Response) -> Response:
-        # The user does not wait for the SMTP server: delivery starts once the response
-        # is handed to the client. If the process dies in between, the outbox keeps the
-        # message and `enrs mail deliver` sends it.
-        ids = g.pop("enrs_outbox_ids", None)
-        if ids:
-            flask_app = current_app._get_current_object()
+class DeliveryThread:
+    """One background thread per process that delivers what requests committed.
 
-            def deliver_now() -> None:
-                with flask_app.app_context():
+    The user does not wait for the SMTP server, and delivery does not depend on how the
+    WSGI server closes responses (Werkzeug's development server skips that when the
+    browser drops the connection). If the process dies first, the outbox keeps the
+    messages and `enrs mail deliver` sends them.
+    """
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.queue: queue.Queue[list[int]] = queue.Queue()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+        # `enrs serve` sets it: when idle, the thread also retries what is due in the
+        # outbox, so a single-process portal needs no separate worker.
+        self.sweep_seconds: float | None = None
+
+    def start(self) -> None:
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, name="enrs-mail", daemon=True)
+                self.thread.start()
+
+    def submit(self, ids: list[int]) -> None:
+        self.start()
+        self.queue.put(ids)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                ids: list[int] | None = self.queue.get(timeout=self.sweep_seconds)
+            except queue.Empty:
+                ids = None
+            try:
+                with self.app.app_context():
                     _deliver_quietly(ids)
+            finally:
+                if ids is not None:
+                    self.queue.task_done()
 
-            response.call_on_close(deliver_now)
-        return response
+    def drain(self) -> None:
+        """Wait until everything submitted so far was handled (tests, graceful stop)."""
+        self.queue.join()
+
+
+def init_app(app: Flask) -> None:
+    app.extensions["enrs.mail.thread"] = DeliveryThread(app)
 
     @app.teardown_request
-    def _deliver_left_over(_exc: BaseException | None) -> None:
-        # Commits made after the response was built (rare) are delivered here.
+    def _hand_over(_exc: BaseException | None) -> None:
         ids = g.pop("enrs_outbox_ids", None)
         if ids:
-            _deliver_quietly(ids)
+            app.extensions["enrs.mail.thread"].submit(ids)
+
+
+def drain(app: Flask) -> None:
+    app.extensions["enrs.mail.thread"].drain()
+
+
+def sweep_outbox_every(app: Flask, seconds: float) -> None:
+    thread: DeliveryThread = app.extensions["enrs.mail.thread"]
+    thread.sweep_seconds = seconds
+    thread.start()
 
 
 @event.listens_for(Session, "after_soft_rollback")

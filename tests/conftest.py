@@ -26,13 +26,17 @@ PG_URL = os.environ.get("ENRS_TEST_DATABASE_URL")
 
 
 class ServerLikeClient(FlaskClient):
-    """A test client that, like every WSGI server, reads the whole response and closes it,
-    so that work scheduled for after the response (mail delivery) happens before the
-    test looks at the mailbox."""
+    """A test client that reads the whole response and closes it as a WSGI server does,
+    then waits for the mail the request handed to the delivery thread, so that a test
+    can look at the mailbox right after a request."""
 
     def open(self, *args, **kwargs):
+        from portal.mail import drain
+
         kwargs.setdefault("buffered", True)
-        return super().open(*args, **kwargs)
+        response = super().open(*args, **kwargs)
+        drain(self.application)
+        return response
 
 
 Flask.test_client_class = ServerLikeClient

@@ -1,6 +1,8 @@
 """J4 "Mon compte": contacts, authentication email, password, sessions, CGU."""
 from __future__ import annotations
 
+from html import unescape
+
 import pytest
 import sqlalchemy as sa
 
@@ -160,12 +162,21 @@ def test_a_newer_cgu_version_must_be_accepted_before_going_on(portal, signed_in,
     from portal.db import db
 
     with portal.app_context():
-        publish_cgu(db.session, "2.0", "Article 1 – Objet\nNouvelle version.")
+        publish_cgu(db.session, "1.0", "Article 1 – Objet\nPremière version.")
         db.session.commit()
     clock.advance(seconds=31)  # the current version is cached for 30 s
+    first = signed_in.get("/account/")
+    page = unescape(signed_in.get(first.headers["Location"]).get_data(as_text=True))
+    assert "Avant votre première utilisation du portail" in page and "Première version." in page
+    signed_in.post("/account/cgu", data={"csrf_token": csrf(page), "accept": "y", "next": "/account/"})
+
+    with portal.app_context():
+        publish_cgu(db.session, "2.0", "Article 1 – Objet\nNouvelle version.")
+        db.session.commit()
+    clock.advance(seconds=31)
     response = signed_in.get("/account/")
     assert response.status_code == 302 and "/account/cgu" in response.headers["Location"]
-    page = signed_in.get(response.headers["Location"]).get_data(as_text=True)
+    page = unescape(signed_in.get(response.headers["Location"]).get_data(as_text=True))
     assert "Nouvelles conditions générales d'utilisation" in page and "Nouvelle version." in page
     refused = signed_in.post("/account/cgu", data={"csrf_token": csrf(page), "next": "/account/"})
     assert refused.status_code == 422

@@ -459,7 +459,7 @@ def _field(html: str) -> str:
 def test_the_image_field_is_labelled_and_its_error_is_tied_to_the_input(captcha_app, web, known_code):
     html = send_image_answer(web, "AAAAAA").get_data(as_text=True)
     field = _field(html)
-    assert '<label for="captcha_answer">Quel code est dissimulé dans l\'image ? <span class="required">*</span></label>' in field
+    assert '<label for="captcha_answer">Quel code est dissimulé dans l\'image ? <span class="required" aria-hidden="true">*</span></label>' in field
     assert '<span class="hint" id="captcha-hint">Saisir les caractères affichés dans l\'image.</span>' in field
     assert 'id="captcha-error"' in field and "ne correspond pas" in field
     answer = re.search(r'<input type="text" id="captcha_answer"[^>]*>', field).group(0)
