@@ -89,8 +89,8 @@ MAX_QUERY_WORDS = 6
 # whole is cheap; at it, every word is common and the scan stops after COMMON_SCAN rows
 # (bounding the worst query, common words that seldom meet, to a few milliseconds; the
 # names that start with the typed words were found beforehand by their own index).
-COUNT_CAP = 1000
-COMMON_SCAN = 1000
+COUNT_CAP = 3000
+COMMON_SCAN = 1500
 # How many matching establishments are ranked in Python.
 CANDIDATE_CAP = 200
 
@@ -110,7 +110,8 @@ def search_establishments(session: Session, q: str | None, limit: int = DEFAULT_
     """Open establishments matching `q`, best first: the exact FINESS number; numbers
     starting with it; names (short or long) starting with the typed words; names holding
     them all; then establishments whose other words (city, postal code) hold them."""
-    q = (q or "").strip()[:MAX_QUERY_LENGTH]
+    typed = (q or "")[:MAX_QUERY_LENGTH]
+    q = typed.strip()
     limit = max(1, min(MAX_LIMIT, limit))
     if len(q) < 2:
         return []
@@ -122,6 +123,9 @@ def search_establishments(session: Session, q: str | None, limit: int = DEFAULT_
             return [found] if found is not None and found.is_open else []
         finess_prefix = compact
     words = search_words(q)[:MAX_QUERY_WORDS]
+    # The words before the last one were typed whole; the last one too if something
+    # (a space, a comma) follows it. Whole words match whole terms: fewer, better rows.
+    last_is_prefix = typed[-1].isalnum()
     candidates: dict[str, _Candidate] = {}
     if finess_prefix:
         candidates.update(_candidates_by_finess_prefix(session, finess_prefix))
@@ -129,7 +133,7 @@ def search_establishments(session: Session, q: str | None, limit: int = DEFAULT_
         starting = _candidates_by_name_start(session, " ".join(words))
         candidates.update(starting)
         if len(starting) < limit:
-            for finess, candidate in _candidates_by_words(session, words).items():
+            for finess, candidate in _candidates_by_words(session, words, last_is_prefix).items():
                 candidates.setdefault(finess, candidate)
     ranked = sorted(candidates.values(), key=_ranking(words, finess_prefix))[:limit]
     return _load_in_order(session, [c.finess for c in ranked])
@@ -158,7 +162,10 @@ def _range_params(name: str, prefix: str, alphabet: str, longest: int) -> dict[s
     return {f"{name}_lo": prefix, f"{name}_hi": upper}
 
 
-def _term_params(name: str, word: str) -> dict[str, str]:
+def _term_params(name: str, word: str, *, whole: bool) -> dict[str, str]:
+    if whole:
+        # [word, word + "0"): nothing made of [0-9a-z] lies strictly between the two.
+        return {f"{name}_lo": word, f"{name}_hi": word + TERM_ALPHABET[0]}
     return _range_params(name, word, TERM_ALPHABET, MAX_TERM_LENGTH)
 
 
@@ -218,7 +225,7 @@ def _count_statement(word_count: int) -> sa.Select:
     return sa.select(*counts)
 
 
-def _driving_word(session: Session, words: list[str], params: dict[str, str]) -> tuple[int, bool]:
+def _driving_word(session: Session, words: list[str], params: dict[str, object]) -> tuple[int, bool]:
     """The index of the word with the fewest terms (counted up to COUNT_CAP, all words in
     one round trip; among words past the cap, the longest), and whether it is common."""
     if len(words) == 1:
@@ -262,10 +269,11 @@ def _words_statement(word_count: int, driver: int, common: bool) -> sa.Select:
             .where(e.c.closed_at.is_(None)))
 
 
-def _candidates_by_words(session: Session, words: list[str]) -> dict[str, _Candidate]:
+def _candidates_by_words(session: Session, words: list[str], last_is_prefix: bool) -> dict[str, _Candidate]:
     params: dict[str, object] = {}
     for index, word in enumerate(words):
-        params.update(_term_params(f"w{index}", word))
+        whole = index < len(words) - 1 or not last_is_prefix
+        params.update(_term_params(f"w{index}", word, whole=whole))
     driver, common = _driving_word(session, words, params)
     return _candidates(session, _words_statement(len(words), driver, common), params)
 

@@ -136,6 +136,13 @@ def test_a_long_name_typed_from_its_start_finds_its_establishment(client, direct
     assert names(search(client, "Centre hospitalier de Bourg-en-Bresse")) == ["CH DE FLEYRIAT"]
 
 
+def test_only_the_word_being_typed_is_a_prefix(client, directory):
+    assert names(search(client, "ehpad til")) == ["EHPAD LES TILLEULS"]
+    assert search(client, "ehp tilleuls") == []   # "ehp" was typed whole: no word "ehp"
+    assert search(client, "tilleuls ehp ") == []  # the space ends the word
+    assert names(search(client, "tilleuls ehpad ")) == ["EHPAD LES TILLEULS"]
+
+
 def test_every_typed_word_must_match(client, directory):
     assert search(client, "ehpad fleyriat") == []
     assert search(client, "clinique corse dreux") == []
