@@ -9,7 +9,7 @@ from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from wtforms import BooleanField, FieldList, Form, FormField, SelectField, StringField
+from wtforms import BooleanField, FieldList, Form, FormField, StringField
 from wtforms.validators import ValidationError
 
 from idp import identity
@@ -83,10 +83,11 @@ class EstablishmentForm(Form):
 
 class RegistrationForm(FlaskForm):
     cgu = BooleanField("J'accepte les conditions générales d'utilisation")
-    profession = SelectField("Profession", choices=[], validate_choice=False)
+    # Rendered as <select> by the template (choices below); checked in check_registration.
+    profession = StringField("Profession", filters=[_strip])
     profession_other = StringField("Indiquez votre profession exacte", filters=[_strip], validators=[_max(100)])
     specialty = StringField("Spécialité", filters=[_strip], validators=[_max(100)])
-    civility = SelectField("Civilité", choices=[("", "Choisir")] + list(CIVILITIES.items()), validate_choice=False)
+    civility = StringField("Civilité", filters=[_strip])
     last_name = StringField("Nom", filters=[_strip], validators=[_max(100)])
     first_name = StringField("Prénom", filters=[_strip], validators=[_max(100)])
     national_id = StringField("Identifiant national (RPPS ou ADELI)", filters=[_strip], validators=[_max(20)])
@@ -97,11 +98,12 @@ class RegistrationForm(FlaskForm):
     contact_email = StringField("Mail pour la communication", filters=[_strip], validators=[_max(254)])
     establishments = FieldList(FormField(EstablishmentForm), min_entries=1, max_entries=MAX_ESTABLISHMENTS)
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.profession.choices = [("", "Choisir une profession")] + [
-            (p.code, p.label) for p in professions()
-        ]
+
+def profession_choices() -> list[tuple[str, str]]:
+    return [("", "Choisir une profession")] + [(p.code, p.label) for p in professions()]
+
+
+CIVILITY_CHOICES = [("", "Choisir")] + list(CIVILITIES.items())
 
 
 class Registration:
@@ -131,7 +133,7 @@ def check_registration(session: Session, form: RegistrationForm) -> Registration
     if not form.cgu.data:
         _error(reg, form.cgu, "Vous devez accepter les conditions générales d'utilisation.")
 
-    codes = {code for code, _ in form.profession.choices if code}
+    codes = {p.code for p in professions()}
     if not form.profession.data:
         _error(reg, form.profession, "Veuillez choisir votre profession.")
     elif form.profession.data not in codes:
@@ -374,6 +376,8 @@ def register():
         captcha_error=captcha_error,
         search_results=search_results,
         chosen=chosen,
+        profession_choices=profession_choices(),
+        civility_choices=CIVILITY_CHOICES,
         cgu=current_cgu(session),
         max_establishments=MAX_ESTABLISHMENTS,
     ), status
