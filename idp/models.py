@@ -77,6 +77,9 @@ class User(Base):
     last_failed_login_at: Mapped[datetime | None]
     locked_until: Mapped[datetime | None]
 
+    # Admins: when they were last told by email that access requests wait (batched).
+    access_digest_sent_at: Mapped[datetime | None]
+
     cgu_version_id: Mapped[int | None] = mapped_column(sa.ForeignKey("cgu_versions.id"))
     cgu_accepted_at: Mapped[datetime | None]
 
@@ -182,3 +185,25 @@ class RecoveryCode(Base):
     code_hash: Mapped[str] = mapped_column(sa.String(64))
     created_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
+
+
+class UserRole(Base):
+    """A role granted for one establishment (e.g. référent ROR of FINESS 280503848), which
+    the applications receive in their claims. Revoked roles are kept for the record."""
+
+    __tablename__ = "user_roles"
+    __table_args__ = (
+        sa.Index("uq_user_roles_active", "user_id", "role", "finess", unique=True,
+                 sqlite_where=sa.text("revoked_at IS NULL"), postgresql_where=sa.text("revoked_at IS NULL")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    role: Mapped[str] = mapped_column(sa.String(32))
+    finess: Mapped[str] = mapped_column(sa.String(9))
+    granted_at: Mapped[datetime]
+    granted_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"))
+    request_id: Mapped[int | None]
+    revoked_at: Mapped[datetime | None]
+    revoked_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"))
+    revoke_reason: Mapped[str | None] = mapped_column(sa.Text)

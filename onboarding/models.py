@@ -110,3 +110,80 @@ class EstablishmentTerm(Base):
     finess: Mapped[str] = mapped_column(
         sa.String(9), sa.ForeignKey("establishments.finess", ondelete="CASCADE"), primary_key=True
     )
+
+
+# -- ROR access requests (J5-J6) -------------------------------------------------------
+
+ROLE_REFERENT_OFFRE = "ror_referent_offre"
+ROLE_REFERENT_LITS = "ror_referent_lits"
+
+# The four choices of "Quelle est votre demande", as in the seed, and the role each asks.
+REQUEST_TYPES = {
+    "offre_new": ("Je souhaite accéder et être référent ROR (saisie de l'offre).", ROLE_REFERENT_OFFRE),
+    "offre_existing": ("Je suis déjà habilité en tant que référent ROR et je souhaite me connecter via le portail.",
+                       ROLE_REFERENT_OFFRE),
+    "lits_new": ("Je souhaite accéder et être référent disponibilité des lits (saisie du capacitaire).",
+                 ROLE_REFERENT_LITS),
+    "lits_existing": ("Je suis déjà habilité en tant que référent disponibilité des lits et je souhaite me "
+                      "connecter via le portail.", ROLE_REFERENT_LITS),
+}
+ROLE_LABELS = {
+    ROLE_REFERENT_OFFRE: "référent ROR (saisie de l'offre)",
+    ROLE_REFERENT_LITS: "référent disponibilité des lits (saisie du capacitaire)",
+}
+REQUEST_PENDING = "pending"
+REQUEST_APPROVED = "approved"
+REQUEST_REJECTED = "rejected"
+REQUEST_CANCELLED = "cancelled"
+REQUEST_STATUS_LABELS = {
+    REQUEST_PENDING: "En attente de validation",
+    REQUEST_APPROVED: "Acceptée",
+    REQUEST_REJECTED: "Refusée",
+    REQUEST_CANCELLED: "Annulée",
+}
+
+
+class AccessRequest(Base):
+    """A professional asks for a ROR role for one of their establishments, with the
+    attestation signed and stamped by its director."""
+
+    __tablename__ = "access_requests"
+    __table_args__ = (
+        sa.Index("ix_access_requests_status_created_at", "status", "created_at"),
+        sa.Index("ix_access_requests_department", "department"),
+        # One pending request per user, role and establishment, even under double submission.
+        sa.Index("uq_access_requests_pending", "user_id", "role", "finess", unique=True,
+                 sqlite_where=sa.text("status = 'pending'"), postgresql_where=sa.text("status = 'pending'")),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    request_type: Mapped[str] = mapped_column(sa.String(16))
+    role: Mapped[str] = mapped_column(sa.String(32))
+    finess: Mapped[str] = mapped_column(sa.String(9))
+    establishment_name: Mapped[str] = mapped_column(sa.String(255))
+    department: Mapped[str | None] = mapped_column(sa.String(3))
+    status: Mapped[str] = mapped_column(sa.String(16), default=REQUEST_PENDING)
+    created_at: Mapped[datetime]
+    decided_at: Mapped[datetime | None]
+    decided_by_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"))
+    reason: Mapped[str | None] = mapped_column(sa.Text)
+    # The attestation: stored under a random key, never under the name it was sent with.
+    attestation_key: Mapped[str] = mapped_column(sa.String(255))
+    attestation_name: Mapped[str] = mapped_column(sa.String(120))
+    attestation_type: Mapped[str] = mapped_column(sa.String(32))
+    attestation_size: Mapped[int]
+    attestation_sha256: Mapped[str] = mapped_column(sa.String(64))
+    notified_admins_at: Mapped[datetime | None]
+
+    @property
+    def type_label(self) -> str:
+        return REQUEST_TYPES.get(self.request_type, (self.request_type, ""))[0]
+
+    @property
+    def role_label(self) -> str:
+        return ROLE_LABELS.get(self.role, self.role)
+
+    @property
+    def status_label(self) -> str:
+        return REQUEST_STATUS_LABELS.get(self.status, self.status)
