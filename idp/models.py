@@ -77,8 +77,10 @@ class User(Base):
     last_failed_login_at: Mapped[datetime | None]
     locked_until: Mapped[datetime | None]
 
-    # Admins: when they were last told by email that access requests wait (batched).
+    # Admins: when they were last told by email that access requests wait (batched), and
+    # the newest request that email covered (ids only grow, timestamps may tie).
     access_digest_sent_at: Mapped[datetime | None]
+    access_digest_last_request_id: Mapped[int | None]
 
     cgu_version_id: Mapped[int | None] = mapped_column(sa.ForeignKey("cgu_versions.id"))
     cgu_accepted_at: Mapped[datetime | None]

@@ -80,6 +80,7 @@ def _register_blueprints(app: Flask) -> None:
     from idp.login import bp as login_bp
     from idp.reset import bp as reset_bp
     from idp.totp import bp as totp_bp
+    from onboarding.access import bp as access_bp
     from onboarding.approval import bp as activation_bp
     from onboarding.captcha import bp as captcha_bp
     from onboarding.profile import bp as establishments_bp
@@ -91,7 +92,7 @@ def _register_blueprints(app: Flask) -> None:
 
     sessions.init_app(app)
     for blueprint in (portal_bp, cgu_bp, referentials_bp, captcha_bp, registration_bp, activation_bp,
-                      login_bp, reset_bp, account_bp, totp_bp, establishments_bp, admin_bp):
+                      login_bp, reset_bp, account_bp, totp_bp, establishments_bp, access_bp, admin_bp):
         app.register_blueprint(blueprint)
 
 

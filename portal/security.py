@@ -33,6 +33,17 @@ CONTENT_SECURITY_POLICY = "; ".join([
 
 
 def init_security(app: Flask, *, hsts: bool) -> None:
+    app.config.setdefault("ENRS_LARGE_BODY_ENDPOINTS", {})
+
+    # Registered before CSRF protection, which reads the form (and so hits the size limit)
+    # before any blueprint hook runs: an upload page must get the chance to answer an
+    # over-size file with its own form and a French message.
+    @app.before_request
+    def _body_limits():
+        limit = app.config["ENRS_LARGE_BODY_ENDPOINTS"].get(request.endpoint)
+        if limit:
+            request.max_content_length = limit
+
     csrf.init_app(app)
     limiter.init_app(app)
 

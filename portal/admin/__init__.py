@@ -1,17 +1,9 @@
-"""The admin console: "Comptes à valider" and, for super admins, the regional admins."""
+"""The admin console: "Comptes à valider", "Demandes d'accès", users of the admin's scope
+and, for super admins, the regional admins."""
 from __future__ import annotations
 
 import sqlalchemy as sa
-from flask import (
-    Blueprint,
-    abort,
-    flash,
-    g,
-    redirect,
-    render_template,
-    request,
-    url_for,
-)
+from flask import Blueprint, Response, abort, flash, g, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from wtforms import StringField, TextAreaField
 
@@ -21,6 +13,7 @@ from idp.sessions import admin_required, super_admin_required
 from onboarding import accounts as operator_accounts
 from onboarding import approval
 from portal.db import db
+from portal.security import CONTENT_SECURITY_POLICY
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
@@ -183,4 +176,123 @@ def user(user_id: int):
             abort(400)
         session.commit()
         return redirect(url_for("admin.user", user_id=target.id), code=303)
-    return render_template("admin/user.html", user=target, locked=lockout.is_locked(target))
+    from onboarding import access
+
+    return render_template("admin/user.html", user=target, locked=lockout.is_locked(target),
+                           roles=access.active_roles(session, target))
+
+
+# -- ROR access requests ("Demandes d'accès") ------------------------------------------------------
+
+
+@bp.get("/requests")
+@admin_required
+def access_requests():
+    from onboarding import access
+
+    pending = access.pending_requests(db.session, g.user)
+    users_by_id = {u.id: u for u in db.session.scalars(sa.select(User).where(User.id.in_({r.user_id for r in pending})))}
+    return render_template("admin/access_requests.html", requests=pending, users=users_by_id)
+
+
+@bp.route("/requests/<int:request_id>", methods=["GET", "POST"])
+@admin_required
+def access_request(request_id: int):
+    from onboarding import access
+
+    session = db.session
+    item = access.request_in_scope(session, g.user, request_id)
+    if item is None:
+        abort(404)  # another region's request is not even acknowledged
+    form = DecisionForm()
+    error = None
+    if request.method == "POST" and form.validate():
+        decision = request.form.get("decision")
+        try:
+            if decision == "approve":
+                access.approve(session, g.user, item)
+                message = "La demande est acceptée : le rôle est attribué et le demandeur prévenu."
+            elif decision == "reject":
+                access.reject(session, g.user, item, form.reason.data or "")
+                message = "La demande est refusée ; le motif a été envoyé au demandeur."
+            else:
+                abort(400)
+        except access.ReviewError as exc:
+            error = str(exc)
+        else:
+            session.commit()
+            flash(message, "success")
+            return redirect(url_for("admin.access_requests"), code=303)
+    applicant = session.get(User, item.user_id)
+    from onboarding.referentials import get_establishment
+
+    page = render_template("admin/access_request.html", item=item, applicant=applicant, form=form, error=error,
+                           establishment=get_establishment(session, item.finess))
+    # The PDF attestation is shown in an <object>: this page alone allows same-origin objects.
+    return page, (422 if error else 200), {
+        "Content-Security-Policy": CONTENT_SECURITY_POLICY.replace("object-src 'none'", "object-src 'self'")}
+
+
+@bp.get("/requests/<int:request_id>/attestation")
+@admin_required
+def attestation(request_id: int):
+    """The attestation, to admins of the request's scope only: shown inline for images and
+    PDF (the browser's viewer) or downloaded, never interpreted as a page of the portal."""
+    from werkzeug.utils import quote as url_quote
+
+    from onboarding import access
+    from portal.storage import store_for
+
+    item = access.request_in_scope(db.session, g.user, request_id)
+    if item is None:
+        abort(404)
+    disposition = "attachment" if request.args.get("download") else "inline"
+    response = Response(store_for().iter_chunks(item.attestation_key), mimetype=item.attestation_type)
+    response.headers["Content-Length"] = str(item.attestation_size)
+    response.headers["Content-Disposition"] = (
+        f"{disposition}; filename=\"attestation-{item.id}.{item.attestation_type.rsplit('/', 1)[-1]}\"; "
+        f"filename*=UTF-8''{url_quote(item.attestation_name)}")
+    # Nothing in the file may run as a page of the portal: no scripts, no requests, and
+    # images are sandboxed. (A sandbox would stop the browser's PDF viewer; PDFs carrying
+    # scripts or actions were refused at upload.)
+    policy = "default-src 'none'; frame-ancestors 'self'"
+    if item.attestation_type.startswith("image/"):
+        policy += "; sandbox"
+    response.headers["Content-Security-Policy"] = policy
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    response.headers["Cache-Control"] = "private, no-store"
+    return response
+
+
+@bp.post("/users/<int:user_id>/roles/<int:role_id>/revoke")
+@admin_required
+def revoke_role(user_id: int, role_id: int):
+    from idp.models import UserRole
+    from onboarding import access
+
+    session = db.session
+    target = approval.account_in_scope(session, g.user, user_id)
+    role = session.get(UserRole, role_id)
+    if target is None or role is None or role.user_id != target.id:
+        abort(404)
+    try:
+        access.revoke_role(session, g.user, role, request.form.get("reason", ""))
+    except access.ReviewError as exc:
+        flash(str(exc), "error")
+    else:
+        session.commit()
+        flash("Le rôle est retiré ; l'utilisateur en est prévenu.", "success")
+    return redirect(url_for("admin.user", user_id=target.id), code=303)
+
+
+@bp.app_context_processor
+def _console_counts():
+    """The counts shown in the console's navigation, for admins on console pages."""
+    user = g.get("user")
+    if user is None or not user.is_admin or not (request.endpoint or "").startswith(("admin.", "audit_log.")):
+        return {}
+    from onboarding import access
+
+    return {"console_counts": {"accounts": approval.pending_count(db.session, user),
+                               "requests": access.pending_count(db.session, user)}}
