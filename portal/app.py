@@ -109,6 +109,17 @@ def _register_error_pages(app: Flask) -> None:
             return jsonify(error=title, message=description or text), code
         return render_template("errors/error.html", code=code, title=title, text=text), code
 
+    @app.errorhandler(413)
+    def _too_large(exc: HTTPException):
+        # An upload page gets its form back with the message rather than an error page
+        # (the body was not read, so the fields cannot be kept past this size).
+        if request.endpoint in app.config.get("ENRS_LARGE_BODY_ENDPOINTS", {}) and not _wants_json():
+            from flask import flash, redirect
+
+            flash("Le fichier dépasse 12 Mo.", "error")
+            return redirect(request.path, code=303)
+        return render_error(413)
+
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):
         response = render_error(exc.code or 500)

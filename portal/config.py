@@ -46,6 +46,7 @@ class Settings:
     mail_from: str
     redis_url: str | None
     storage_url: str
+    s3_endpoint_url: str | None
     captcha: str
     account_approval: str
     psc_discovery_url: str | None
@@ -82,6 +83,7 @@ KNOWN_VARIABLES: dict[str, str] = {
     "ENRS_MAIL_FROM": "sender address of the portal's emails",
     "ENRS_REDIS_URL": "redis:// URL for rate limits shared between processes (optional)",
     "ENRS_STORAGE_URL": "file://DIR (default) or s3://bucket/prefix for attestations",
+    "ENRS_S3_ENDPOINT_URL": "endpoint of an S3-compatible store for s3:// storage (optional; AWS when unset)",
     "ENRS_CAPTCHA": "image (default) or pow",
     "ENRS_ACCOUNT_APPROVAL": "required (default) or none",
     "ENRS_PSC_DISCOVERY_URL": "Pro Santé Connect discovery URL (optional)",
@@ -207,6 +209,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     storage_url = env.get("ENRS_STORAGE_URL") or f"file://{instance_dir / 'attestations'}"
     _check_url("ENRS_STORAGE_URL", storage_url, STORAGE_SCHEMES)
+    s3_endpoint_url = env.get("ENRS_S3_ENDPOINT_URL") or None
+    if s3_endpoint_url:
+        _check_url("ENRS_S3_ENDPOINT_URL", s3_endpoint_url, ("https", "http"))
 
     psc = {k: (env.get(k) or None) for k in ("ENRS_PSC_DISCOVERY_URL", "ENRS_PSC_CLIENT_ID", "ENRS_PSC_CLIENT_SECRET")}
     if psc["ENRS_PSC_DISCOVERY_URL"] and not psc["ENRS_PSC_CLIENT_ID"]:
@@ -231,6 +236,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         mail_from=mail_from,
         redis_url=redis_url,
         storage_url=storage_url,
+        s3_endpoint_url=s3_endpoint_url,
         captcha=_choice(env, "ENRS_CAPTCHA", CAPTCHA_BACKENDS, "image"),
         account_approval=_choice(env, "ENRS_ACCOUNT_APPROVAL", APPROVAL_MODES, "required"),
         psc_discovery_url=psc["ENRS_PSC_DISCOVERY_URL"],

@@ -42,7 +42,6 @@ KEY_PATTERN = re.compile(r"\A\d{4}-\d{2}/[A-Za-z0-9_-]{32}\Z")
 KEY_ATTEMPTS = 3
 
 # Read by this module until portal/config.py knows it (see docs/uploads.md).
-S3_ENDPOINT_VARIABLE = "ENRS_S3_ENDPOINT_URL"
 S3_CONNECT_TIMEOUT = 5
 S3_READ_TIMEOUT = 30
 S3_MAX_ATTEMPTS = 3  # the first request included
@@ -448,11 +447,7 @@ def store_from_url(url: str, *, s3_endpoint_url: str | None = None, clock: Clock
 
 
 def _s3_endpoint(settings: Settings) -> str | None:
-    # Settings gains `s3_endpoint_url` once ENRS_S3_ENDPOINT_URL is a known variable;
-    # until then the process environment is the only place it can come from.
-    if hasattr(settings, "s3_endpoint_url"):
-        return settings.s3_endpoint_url or None
-    return os.environ.get(S3_ENDPOINT_VARIABLE) or None
+    return settings.s3_endpoint_url
 
 
 def _refuse_served_folder(store: Store, served: list[Path]) -> None:
@@ -511,6 +506,6 @@ def stored_until_committed(store: Store, stream: BinaryIO) -> Iterator[StoredFil
 
 __all__ = [
     "CHUNK_SIZE", "FileStore", "S3Store", "Store", "StorageError", "StoredFile", "StoredFileMissing",
-    "S3_ENDPOINT_VARIABLE", "check_key", "s3_client", "store_for", "store_from_url",
+    "check_key", "s3_client", "store_for", "store_from_url",
     "stored_until_committed",
 ]

@@ -354,12 +354,11 @@ def test_a_store_folder_inside_the_served_static_folder_is_refused(app_env, cloc
     assert not (ROOT / "static" / "attestations").exists()
 
 
-def test_an_s3_url_gives_an_s3_store_with_the_endpoint_of_the_environment(monkeypatch, aws_env):
+def test_an_s3_url_gives_an_s3_store_with_the_configured_endpoint(aws_env):
     from portal.config import load_settings
 
     settings = load_settings({"ENRS_ENV": "development", "ENRS_STORAGE_URL": "s3://bucket-name/some/prefix/",
-                              "ENRS_SECRET_KEY": "k" * 40})
-    monkeypatch.setenv(storage.S3_ENDPOINT_VARIABLE, "http://127.0.0.1:9000")
+                              "ENRS_SECRET_KEY": "k" * 40, "ENRS_S3_ENDPOINT_URL": "http://127.0.0.1:9000"})
     store = store_for(settings)
     assert isinstance(store, S3Store)
     assert (store.bucket, store.prefix) == ("bucket-name", "some/prefix/")
