@@ -242,6 +242,14 @@ def test_the_autocomplete_is_rate_limited_per_address_with_a_json_429(client, di
     assert other.status_code == 200
 
 
+def test_the_json_search_answers_what_the_model_search_answers(directory):
+    from onboarding.referentials import establishment_json, search_establishments_json
+
+    for query in ("dreux", "centre hospitalier", "28710", "280503848", "2A", "tilleuls ehpad", "a", "280503849"):
+        models = [establishment_json(e) for e in search_establishments(directory, query, 10)]
+        assert search_establishments_json(directory, query, 10) == models, query
+
+
 def test_search_from_python_returns_models_best_first(directory):
     found = search_establishments(directory, "centre hospitalier", limit=2)
 
