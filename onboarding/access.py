@@ -50,6 +50,9 @@ def _user_establishments(user: User) -> list:
 @bp.record_once
 def _allow_large_uploads(state) -> None:
     state.app.config.setdefault("ENRS_LARGE_BODY_ENDPOINTS", {})["access.request_ror"] = UPLOAD_REQUEST_LIMIT
+    # Requests that arrived within the hour after an admin's digest are announced by the
+    # periodic sweep once the hour is over.
+    state.app.extensions.setdefault("enrs.periodic", []).append(lambda: send_admin_digests(db.session))
 
 
 def _form_page(form: AccessRequestForm, errors: dict[str, str], status: int = 200):

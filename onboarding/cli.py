@@ -45,3 +45,17 @@ def register(main: click.Group, with_app: Callable, command_error: type[click.Cl
             click.echo(f"  … et {report.rejected - SHOWN_REJECTIONS} autres lignes rejetées")
         if report.error():
             raise command_error(report.error())
+
+    @main.group("access")
+    def access_group() -> None:
+        """ROR access requests."""
+
+    @access_group.command("digest")
+    @with_app
+    def access_digest() -> None:
+        """Email the admins whose scope has new requests (at most once an hour each); for cron
+        or a worker when `enrs serve` is not the server."""
+        from onboarding.access import send_admin_digests
+        from portal.db import db
+
+        click.echo(f"{send_admin_digests(db.session)} administrateur(s) prévenu(s).")

@@ -130,6 +130,18 @@ def _deliver_after_commit(session: Session) -> None:
         _deliver_quietly(ids)
 
 
+def _run_periodic(app: Flask) -> None:
+    """Other packages' periodic jobs (e.g. the admins' digest), registered in
+    app.extensions["enrs.periodic"], run by the sweep of `enrs serve`."""
+    for job in app.extensions.get("enrs.periodic", []):
+        try:
+            job()
+        except Exception:
+            log.exception("periodic job %s failed", getattr(job, "__name__", job))
+        finally:
+            db.session.rollback()
+
+
 def _deliver_quietly(ids: list[int] | None) -> None:
     try:
         deliver(ids=ids)
@@ -174,6 +186,8 @@ class DeliveryThread:
             try:
                 with self.app.app_context():
                     _deliver_quietly(ids)
+                    if ids is None:
+                        _run_periodic(self.app)
             finally:
                 if ids is not None:
                     self.queue.task_done()

@@ -276,3 +276,61 @@ def test_admin_revokes_a_granted_role_with_a_reason(portal, professional, mailbo
                 data={"csrf_token": csrf(page), "reason": "Départ de l'établissement."})
     assert "Motif : Départ de l'établissement." in body_text(mailbox.last(EMAIL))
     assert "pas encore de rôle" in professional.get("/access/").get_data(as_text=True)
+
+
+@pytest.fixture
+def s3_storage(app_env, moto_endpoint, aws_env):
+    """The portal's attestations in an S3-compatible store (moto's server on loopback)."""
+    import uuid
+
+    import boto3
+
+    bucket = f"attestations-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-3"})
+    app_env.update(ENRS_STORAGE_URL=f"s3://{bucket}/enrs", ENRS_S3_ENDPOINT_URL=moto_endpoint)
+    return bucket
+
+
+def test_the_attestation_goes_to_an_s3_store_and_back_to_the_admin(s3_storage, portal, professional, mailbox):
+    import boto3
+
+    pdf = generated_pdf()
+    assert submit(portal, professional, pdf, "attestation.pdf").status_code == 303
+    [item] = requests_of(portal)
+    client = boto3.client("s3", endpoint_url=portal.extensions["enrs.settings"].s3_endpoint_url)
+    [stored] = client.list_objects_v2(Bucket=s3_storage)["Contents"]
+    assert stored["Key"] == f"enrs/{item.attestation_key}" and stored["Size"] == len(pdf)
+    centre = admin(portal, mailbox, "pbernard", "admin.centre@esante-test.fr")
+    assert centre.get(f"/admin/requests/{item.id}/attestation").data == pdf
+    # A refused submission leaves nothing behind in the bucket.
+    submit(portal, professional, pdf, "again.pdf")
+    assert len(client.list_objects_v2(Bucket=s3_storage)["Contents"]) == 1
+
+
+def test_the_periodic_sweep_announces_requests_once_the_hour_is_over(portal, professional, mailbox, clock):
+    from portal.mail import _run_periodic
+
+    submit(portal, professional, generated_pdf(), "a.pdf")
+    submit(portal, professional, generated_pdf(), "b.pdf", request_type="lits_new")
+    assert len(mailbox.to("admin.centre@esante-test.fr")) == 1
+    clock.advance(minutes=61)
+    with portal.app_context():
+        _run_periodic(portal)
+    from portal.mail import drain
+
+    drain(portal)
+    assert len(mailbox.to("admin.centre@esante-test.fr")) == 2
+
+
+def test_enrs_access_digest_runs_from_the_command_line(portal, professional, mailbox, clock, monkeypatch):
+    from click.testing import CliRunner
+
+    from portal import cli as enrs
+
+    submit(portal, professional, generated_pdf(), "a.pdf")
+    submit(portal, professional, generated_pdf(), "b.pdf", request_type="lits_new")
+    clock.advance(minutes=61)
+    monkeypatch.setattr(enrs, "_app", portal)
+    result = CliRunner().invoke(enrs.main, ["access", "digest"])
+    assert result.exit_code == 0 and "1 administrateur(s) prévenu(s)." in result.output
