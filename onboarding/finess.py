@@ -499,9 +499,7 @@ def _import_stream(session: Session, stream: IO[bytes] | IO[str], source: str,
     report.lines = last.number
     report.encoding = decoder.encoding
 
-    if not last.terminated and last is not header_line:
-        report.truncated_at = last.number
-    else:
+    if not report.is_truncated:
         _close_absent(writer, seen, report, allow_mass_closure)
     if report.created or report.updated or report.reopened or report.closed:
         refresh_statistics(session)
@@ -516,11 +514,13 @@ def _read_line(line: RawLine, source: str, seen: dict[str, int], writer: "_Batch
                report: ImportReport) -> None:
     if not line.text.strip():
         return
-    if not line.terminated:
-        # The last line of a file cut short may look complete and still miss its end.
+    kind = line.text.split(";", 1)[0].strip().lower()
+    if not line.terminated and kind != "geolocalisation" and not _is_whole_structure(line.text, source):
+        # The file stops in the middle of this line. (A cut among the geolocalisation
+        # lines comes after every establishment, and loses none.)
+        report.truncated_at = line.number
         report.reject(line.number, "ligne incomplète : le fichier s'arrête au milieu de cette ligne")
         return
-    kind = line.text.split(";", 1)[0].strip().lower()
     if kind == "geolocalisation":
         # Coordinates (Lambert 93) are of no use to the portal: counted, not stored.
         report.geolocations += 1
@@ -539,6 +539,18 @@ def _read_line(line: RawLine, source: str, seen: dict[str, int], writer: "_Batch
         return
     seen[record.finess] = line.number
     writer.add(record)
+
+
+def _is_whole_structure(text: str, source: str) -> bool:
+    """Whether a last line without its line end is whole all the same: a structure line
+    ends with ";" and has all its fields, which a cut leaves only by chance."""
+    if not text.startswith("structureet;") or not text.endswith(";"):
+        return False
+    try:
+        parse_structure(split_fields(text), source)
+    except LineError:
+        return False
+    return True
 
 
 def _close_absent(writer: "_BatchWriter", seen: dict[str, int], report: ImportReport,

@@ -200,6 +200,43 @@ def test_a_truncated_file_keeps_what_was_read_and_closes_nothing(session):
     assert "ligne 12" in report.error()
 
 
+def test_a_complete_file_without_a_final_line_end_is_not_taken_for_a_cut_one(session):
+    rows = list(establishments(12, seed=18))
+    import_finess(session, io.BytesIO(extraction_bytes(rows)))
+    for geolocation in (True, False):
+        data = extraction_bytes(rows[:11], geolocation=geolocation).rstrip(b"\n")
+
+        report = import_finess(session, io.BytesIO(data))
+
+        assert not report.is_truncated and report.rejected == 0, geolocation
+    assert open_count(session) == 11
+
+
+def test_a_file_cut_among_the_geolocation_lines_lost_no_establishment(session):
+    rows = list(establishments(12, seed=19))
+    import_finess(session, io.BytesIO(extraction_bytes(rows)))
+    data = extraction_bytes(rows[:11])
+    cut = data[: data.rindex(b"geolocalisation;") + 25]
+
+    report = import_finess(session, io.BytesIO(cut))
+
+    assert not report.is_truncated and report.error() is None
+    assert (report.unchanged, report.closed) == (11, 1)
+
+
+def test_a_cut_right_after_a_separator_is_still_a_cut(session):
+    rows = list(establishments(12, seed=20))
+    import_finess(session, io.BytesIO(extraction_bytes(rows)))
+    data = extraction_bytes(rows)
+    line_start = data.index(rows[11]["nofinesset"].encode())
+    cut = data[: data.index(b";", line_start + 12) + 1]  # "structureet;<finess>;<ej>;"
+
+    report = import_finess(session, io.BytesIO(cut))
+
+    assert report.is_truncated and report.truncated_at == 13 and report.closed == 0
+    assert open_count(session) == 12
+
+
 def test_a_file_cut_between_two_lines_closes_nothing_when_that_would_close_the_region(session):
     rows = list(establishments(60, seed=6))
     import_finess(session, io.BytesIO(extraction_bytes(rows)))
