@@ -22,6 +22,28 @@ class DecisionForm(FlaskForm):
     reason = TextAreaField("Motif (obligatoire en cas de refus, communiqué au demandeur)")
 
 
+def _decision(form: DecisionForm, *, approve, reject, approved, rejected: str, errors: tuple, back: str):
+    """Apply the admin's "approve" or "reject" to a reviewed item: (error, None) when the
+    decision was refused, (None, redirect) when it was taken, (None, None) on a GET."""
+    if request.method != "POST" or not form.validate():
+        return None, None
+    decision = request.form.get("decision")
+    try:
+        if decision == "approve":
+            approve()
+            message = approved()
+        elif decision == "reject":
+            reject(form.reason.data or "")
+            message = rejected
+        else:
+            abort(400)
+    except errors as exc:
+        return str(exc), None
+    db.session.commit()
+    flash(message, "success")
+    return None, redirect(url_for(back), code=303)
+
+
 @bp.get("/")
 @admin_required
 def index():
@@ -43,24 +65,15 @@ def account(user_id: int):
     if user is None:
         abort(404)  # another region's account is not even acknowledged
     form = DecisionForm()
-    error = None
-    if request.method == "POST" and form.validate():
-        decision = request.form.get("decision")
-        try:
-            if decision == "approve":
-                approval.approve(session, g.user, user)
-                message = f"Le compte de {user.full_name} est validé ; ses identifiants ({user.login}) lui ont été envoyés."
-            elif decision == "reject":
-                approval.reject(session, g.user, user, form.reason.data or "")
-                message = f"La demande de {user.full_name} est refusée ; le motif lui a été envoyé."
-            else:
-                abort(400)
-        except approval.DecisionError as exc:
-            error = str(exc)
-        else:
-            session.commit()
-            flash(message, "success")
-            return redirect(url_for("admin.accounts"), code=303)
+    error, done = _decision(
+        form,
+        approve=lambda: approval.approve(session, g.user, user),
+        reject=lambda reason: approval.reject(session, g.user, user, reason),
+        approved=lambda: f"Le compte de {user.full_name} est validé ; ses identifiants ({user.login}) lui ont été envoyés.",
+        rejected=f"La demande de {user.full_name} est refusée ; le motif lui a été envoyé.",
+        errors=(approval.DecisionError,), back="admin.accounts")
+    if done is not None:
+        return done
     flags = approval.flags_for(session, [user])[user.id]
     return render_template("admin/account.html", user=user, form=form, error=error, flags=flags), (
         422 if error else 200)
@@ -205,24 +218,15 @@ def access_request(request_id: int):
     if item is None:
         abort(404)  # another region's request is not even acknowledged
     form = DecisionForm()
-    error = None
-    if request.method == "POST" and form.validate():
-        decision = request.form.get("decision")
-        try:
-            if decision == "approve":
-                access.approve(session, g.user, item)
-                message = "La demande est acceptée : le rôle est attribué et le demandeur prévenu."
-            elif decision == "reject":
-                access.reject(session, g.user, item, form.reason.data or "")
-                message = "La demande est refusée ; le motif a été envoyé au demandeur."
-            else:
-                abort(400)
-        except access.ReviewError as exc:
-            error = str(exc)
-        else:
-            session.commit()
-            flash(message, "success")
-            return redirect(url_for("admin.access_requests"), code=303)
+    error, done = _decision(
+        form,
+        approve=lambda: access.approve(session, g.user, item),
+        reject=lambda reason: access.reject(session, g.user, item, reason),
+        approved=lambda: "La demande est acceptée : le rôle est attribué et le demandeur prévenu.",
+        rejected="La demande est refusée ; le motif a été envoyé au demandeur.",
+        errors=(access.ReviewError,), back="admin.access_requests")
+    if done is not None:
+        return done
     applicant = session.get(User, item.user_id)
     from onboarding.referentials import get_establishment
 
