@@ -336,11 +336,13 @@ def register():
     reg = None
     search_results: dict[int, list] = {}
     action = request.form.get("action") if request.method == "POST" else None
+    if request.method == "POST" and captcha.refresh_requested(request.form):
+        action = "refresh_captcha"  # "Nouvelle image" without JavaScript: the same form, another image
 
     if request.method == "POST":
         apply_search_choices(form)
-        if captcha.refresh_requested(request.form):
-            pass  # "Nouvelle image" without JavaScript: the same form, another image
+        if action == "refresh_captcha":
+            log.debug("captcha image refreshed without JavaScript")
         elif action == "add_establishment" and len(form.establishments) < MAX_ESTABLISHMENTS:
             form.establishments.append_entry()
         elif action and action.startswith("remove_establishment-") and len(form.establishments) > 1:
