@@ -87,12 +87,14 @@ def _register_blueprints(app: Flask) -> None:
     from onboarding.referentials import bp as referentials_bp
     from onboarding.registration import bp as registration_bp
     from portal.admin import bp as admin_bp
+    from portal.admin.audit_log import bp as audit_log_bp
     from portal.cgu import bp as cgu_bp
     from portal.views import bp as portal_bp
 
     sessions.init_app(app)
     for blueprint in (portal_bp, cgu_bp, referentials_bp, captcha_bp, registration_bp, activation_bp,
-                      login_bp, reset_bp, account_bp, totp_bp, establishments_bp, access_bp, admin_bp):
+                      login_bp, reset_bp, account_bp, totp_bp, establishments_bp, access_bp, admin_bp,
+                      audit_log_bp):
         app.register_blueprint(blueprint)
 
 

@@ -26,12 +26,9 @@ def portal(app):
     from onboarding.accounts import create_admin
     from onboarding.finess import load_demo_establishments
     from portal import audit
-    from portal.admin.audit_log import bp
     from portal.cgu import DEFAULT_CGU_TEXT, publish_cgu
     from portal.db import db
 
-    if "audit_log" not in app.blueprints:  # until portal/app.py registers it with the others
-        app.register_blueprint(bp)
     with app.app_context():
         publish_cgu(db.session, "1.0", DEFAULT_CGU_TEXT)
         audit.record(db.session, "cgu.publish", actor_label="cli", details={"version": "1.0"})
