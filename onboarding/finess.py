@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from unidecode import unidecode
 
+from idp.identity import luhn_valid
 from onboarding.models import Establishment, EstablishmentTerm
 from portal import audit
 from portal.clock import now
@@ -50,25 +51,13 @@ _OVERSEAS_BY_FILE_CODE = {
 }
 
 
-def _luhn_is_valid(digits: str) -> bool:
-    total = 0
-    for position, char in enumerate(reversed(digits)):
-        value = ord(char) - 48
-        if position % 2:
-            value *= 2
-            if value > 9:
-                value -= 9
-        total += value
-    return total % 10 == 0
-
-
 def is_valid_finess(value: object) -> bool:
     """Nine characters: a département (two digits, or 2A/2B), seven digits, the last one a
     Luhn check digit over the nine."""
     if not isinstance(value, str) or not _FINESS_SHAPE.fullmatch(value):
         return False
     digits = _CORSICAN_DIGITS.get(value[:2], value[:2]) + value[2:]
-    return _luhn_is_valid(digits)
+    return luhn_valid(digits)
 
 
 def department_of(finess: str) -> str | None:

@@ -40,9 +40,9 @@ def test_corsican_numbers_count_2a_as_21_and_2b_as_22_in_the_key(finess):
 
 
 def test_corsican_numbers_are_not_checked_as_if_corsica_were_20():
-    from onboarding.finess import _luhn_is_valid
+    from idp.identity import luhn_valid
 
-    assert not any(_luhn_is_valid("20" + finess[2:]) for finess in CORSICAN)
+    assert not any(luhn_valid("20" + finess[2:]) for finess in CORSICAN)
 
 
 def test_generated_numbers_have_valid_keys_in_every_kind_of_departement():
