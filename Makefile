@@ -21,6 +21,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+run: export ENRS_BASE_URL ?= http://127.0.0.1:$(PORT)
 run: $(STAMP)
 	$(BIN)/enrs db upgrade
 	$(BIN)/enrs demo --if-empty
