@@ -119,7 +119,8 @@ def _load_current():
         db.session.commit()
     g.user = record.user
     g.user_session = record
-    if record.user.cgu_version_id != _current_cgu_id() and request.endpoint not in CGU_EXEMPT_ENDPOINTS:
+    if (record.user.cgu_version_id != _current_cgu_id() and request.endpoint not in CGU_EXEMPT_ENDPOINTS
+            and request.blueprint not in CGU_EXEMPT_BLUEPRINTS):
         return redirect(url_for("account.accept_cgu", next=request.full_path.rstrip("?")))
     return None
 
@@ -130,6 +131,8 @@ CGU_EXEMPT_ENDPOINTS = {
     "account.accept_cgu", "cgu.show_current", "login.logout", "static", "portal.legal_notice",
     "portal.contact", "portal.accessibility",
 }
+# The JSON and media endpoints behind forms (autocomplete, captcha images) answer as usual.
+CGU_EXEMPT_BLUEPRINTS = {"referentials", "captcha"}
 CGU_CACHE_SECONDS = 30
 
 
