@@ -240,3 +240,16 @@ def test_someone_elses_establishment_row_cannot_be_removed(portal, signed_in):
     page = account_page(signed_in)
     assert signed_in.post(f"/account/establishments/{row_id}/remove",
                           data={"csrf_token": csrf(page)}).status_code == 404
+
+
+def test_the_cgu_gate_leaves_the_establishment_autocomplete_answering_json(portal, signed_in, clock):
+    from portal.cgu import publish_cgu
+    from portal.db import db
+
+    with portal.app_context():
+        publish_cgu(db.session, "1.0", "Article 1 – Objet\nPremière version.")
+        db.session.commit()
+    clock.advance(seconds=31)
+    assert signed_in.get("/account/").status_code == 302  # pages wait for the acceptance
+    response = signed_in.get("/api/establishments?q=dreux")
+    assert response.status_code == 200 and response.is_json
