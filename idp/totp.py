@@ -430,45 +430,50 @@ def _check_password(session: Session, user: User, form: PasswordForm, action: st
     return False
 
 
-@bp.route("/remove", methods=["GET", "POST"])
-@limiter.limit("10 per minute", methods=["POST"])
-@login_required
-def remove():
+def _with_password(action: str, audit_action: str, change):
+    """A change to an enrolled app, after the user typed their password again: the form on
+    GET, a French error on a wrong password, else `change(session, user)`'s response."""
     session = db.session
     user = current_user()
     if not has_totp(session, user):
         return redirect(url_for("totp.overview"), code=303)
     form = PasswordForm()
     if request.method == "POST" and form.validate():
-        if not _check_password(session, user, form, "remove"):
-            return _password_page(form, action="remove", error=WRONG_PASSWORD, status=401)
-        remove_totp(session, user, actor=user)
-        session.commit()
-        flash("L'application d'authentification a été retirée de votre compte, ainsi que vos codes de secours. "
-              "Vous recevrez désormais un code par mail pour vous connecter.", "success")
+        if not _check_password(session, user, form, audit_action):
+            return _password_page(form, action=action, error=WRONG_PASSWORD, status=401)
+        return change(session, user)
+    return _password_page(form, action=action, error=None)
+
+
+def _remove(session: Session, user: User):
+    remove_totp(session, user, actor=user)
+    session.commit()
+    flash("L'application d'authentification a été retirée de votre compte, ainsi que vos codes de secours. "
+          "Vous recevrez désormais un code par mail pour vous connecter.", "success")
+    return redirect(url_for("totp.overview"), code=303)
+
+
+def _renew_recovery_codes(session: Session, user: User):
+    if _confirmed_credential(session, user, lock=True) is None:  # removed meanwhile
         return redirect(url_for("totp.overview"), code=303)
-    return _password_page(form, action="remove", error=None)
+    codes = _replace_recovery_codes(session, user)
+    audit.record(session, "totp.recovery_codes_renewed", actor_id=user.id, actor_label=user.login,
+                 target_type="user", target_id=user.id, details={"recovery_codes": len(codes)})
+    queue_mail(session, user.email, _subject("De nouveaux codes de secours ont été générés"),
+               "totp_recovery_codes_renewed", user=user, when=paris_time(now()))
+    session.commit()
+    return render_template("idp/totp_recovery_codes.html", codes=codes, enrolled=False)
+
+
+@bp.route("/remove", methods=["GET", "POST"])
+@limiter.limit("10 per minute", methods=["POST"])
+@login_required
+def remove():
+    return _with_password("remove", "remove", _remove)
 
 
 @bp.route("/recovery-codes", methods=["GET", "POST"])
 @limiter.limit("10 per minute", methods=["POST"])
 @login_required
 def regenerate():
-    session = db.session
-    user = current_user()
-    if not has_totp(session, user):
-        return redirect(url_for("totp.overview"), code=303)
-    form = PasswordForm()
-    if request.method == "POST" and form.validate():
-        if not _check_password(session, user, form, "recovery_codes"):
-            return _password_page(form, action="regenerate", error=WRONG_PASSWORD, status=401)
-        if _confirmed_credential(session, user, lock=True) is None:  # removed meanwhile
-            return redirect(url_for("totp.overview"), code=303)
-        codes = _replace_recovery_codes(session, user)
-        audit.record(session, "totp.recovery_codes_renewed", actor_id=user.id, actor_label=user.login,
-                     target_type="user", target_id=user.id, details={"recovery_codes": len(codes)})
-        queue_mail(session, user.email, _subject("De nouveaux codes de secours ont été générés"),
-                   "totp_recovery_codes_renewed", user=user, when=paris_time(now()))
-        session.commit()
-        return render_template("idp/totp_recovery_codes.html", codes=codes, enrolled=False)
-    return _password_page(form, action="regenerate", error=None)
+    return _with_password("regenerate", "recovery_codes", _renew_recovery_codes)
