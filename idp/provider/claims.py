@@ -1,0 +1,71 @@
+"""What an application learns about the user, scope by scope, and whether it may open
+at all (the role it requires)."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from flask import current_app
+from sqlalchemy.orm import Session
+
+from idp.models import User, UserEstablishment, UserRole
+from idp.provider.models import Client
+
+
+def active_roles(session: Session, user_id: int) -> list[dict[str, str]]:
+    rows = session.execute(
+        sa.select(UserRole.role, UserRole.finess)
+        .where(UserRole.user_id == user_id, UserRole.revoked_at.is_(None))
+        .order_by(UserRole.granted_at, UserRole.id)
+    )
+    return [{"role": role, "finess": finess} for role, finess in rows]
+
+
+def has_role(session: Session, user_id: int, role: str) -> bool:
+    return session.scalar(
+        sa.select(UserRole.id).where(UserRole.user_id == user_id, UserRole.role == role,
+                                     UserRole.revoked_at.is_(None)).limit(1)
+    ) is not None
+
+
+def may_open(session: Session, user: User, client: Client) -> bool:
+    """A client without a required role is open to every active user."""
+    return client.required_role is None or has_role(session, user.id, client.required_role)
+
+
+def _profession_label(code: str | None) -> str | None:
+    # The professions referential belongs to onboarding; the app wires its lookup in.
+    lookup = current_app.extensions.get("enrs.profession_label")
+    return lookup(code) if lookup and code else None
+
+
+def user_claims(session: Session, user: User, scope: str) -> dict:
+    """The claims of `scope` (space-separated), `sub` always. Empty values are left out."""
+    scopes = set(scope.split())
+    claims: dict = {"sub": user.public_id}
+    if "profile" in scopes:
+        claims["given_name"] = user.first_name
+        claims["family_name"] = user.last_name
+        claims["name"] = f"{user.first_name} {user.last_name}"
+        if user.login:
+            claims["preferred_username"] = user.login
+        if user.profession_code:
+            claims["profession"] = {"code": user.profession_code,
+                                    "label": user.profession_other or _profession_label(user.profession_code)}
+    if "email" in scopes:
+        claims["email"] = user.email
+        claims["email_verified"] = user.email_verified_at is not None
+    if "national_id" in scopes and user.national_id:
+        claims["national_id"] = user.national_id
+        if user.national_id_type:
+            claims["national_id_type"] = user.national_id_type
+    if "establishments" in scopes:
+        rows = session.scalars(
+            sa.select(UserEstablishment).where(UserEstablishment.user_id == user.id)
+            .order_by(UserEstablishment.position, UserEstablishment.id)
+        )
+        claims["establishments"] = [
+            {"finess": row.finess, "name": row.name, "service": row.service, "function": row.function_type}
+            for row in rows
+        ]
+    if "roles" in scopes:
+        claims["roles"] = active_roles(session, user.id)
+    return claims

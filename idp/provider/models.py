@@ -1,0 +1,148 @@
+"""What the OpenID Provider remembers: the applications (clients), authorization codes,
+tokens, signing keys, which applications a portal session opened (for back-channel
+logout) and the users' favourite applications."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column
+
+from portal.db import Base
+
+SCOPES = ("openid", "profile", "email", "establishments", "roles", "national_id")
+DEFAULT_SCOPES = "openid profile email establishments roles national_id"
+SIGNING_ALGS = ("RS256", "ES256")
+
+
+class Client(Base):
+    """An application registered by a super admin: the ROR, or any regional service."""
+
+    __tablename__ = "oidc_clients"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    # SHA-256 of the secret: the secret is 256 random bits, so a fast hash is enough
+    # (nothing to brute-force) and the token endpoint stays fast. None for public clients.
+    secret_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    is_public: Mapped[bool] = mapped_column(default=False)
+    name: Mapped[str] = mapped_column(sa.String(100))
+    description: Mapped[str] = mapped_column(sa.String(500), default="")
+    icon: Mapped[str] = mapped_column(sa.String(32), default="application")
+    redirect_uris: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    post_logout_redirect_uris: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    backchannel_logout_uri: Mapped[str | None] = mapped_column(sa.String(500))
+    initiate_login_uri: Mapped[str | None] = mapped_column(sa.String(500))
+    required_role: Mapped[str | None] = mapped_column(sa.String(32))
+    allowed_scopes: Mapped[str] = mapped_column(sa.String(255), default=DEFAULT_SCOPES)
+    id_token_signed_response_alg: Mapped[str] = mapped_column(sa.String(8), default="RS256")
+    token_endpoint_auth_method: Mapped[str] = mapped_column(sa.String(32), default="client_secret_basic")
+    # The portal's own applications: consent is implicit.
+    first_party: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+
+
+class AuthorizationCode(Base):
+    __tablename__ = "oidc_authorization_codes"
+
+    code_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    client_pk: Mapped[int] = mapped_column(sa.ForeignKey("oidc_clients.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(sa.ForeignKey("user_sessions.id", ondelete="CASCADE"))
+    redirect_uri: Mapped[str] = mapped_column(sa.String(500))
+    scope: Mapped[str] = mapped_column(sa.String(255))
+    nonce: Mapped[str | None] = mapped_column(sa.String(255))
+    code_challenge: Mapped[str | None] = mapped_column(sa.String(128))
+    code_challenge_method: Mapped[str | None] = mapped_column(sa.String(8))
+    auth_time: Mapped[datetime]
+    acr: Mapped[str] = mapped_column(sa.String(64))
+    amr: Mapped[list[str]] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class Token(Base):
+    """An access token and, usually, the refresh token issued with it. A refresh creates
+    a new row in the same family; reusing a rotated refresh token revokes the family."""
+
+    __tablename__ = "oidc_tokens"
+    __table_args__ = (
+        sa.Index("ix_oidc_tokens_family", "family_id"),
+        sa.Index("ix_oidc_tokens_session", "session_id"),
+        sa.Index("ix_oidc_tokens_code", "code_hash"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    access_token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    refresh_token_hash: Mapped[str | None] = mapped_column(sa.String(64), unique=True)
+    client_pk: Mapped[int] = mapped_column(sa.ForeignKey("oidc_clients.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(sa.ForeignKey("user_sessions.id", ondelete="CASCADE"))
+    scope: Mapped[str] = mapped_column(sa.String(255))
+    family_id: Mapped[str] = mapped_column(sa.String(32))
+    code_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    auth_time: Mapped[datetime]
+    acr: Mapped[str] = mapped_column(sa.String(64))
+    amr: Mapped[list[str]] = mapped_column(sa.JSON)
+    issued_at: Mapped[datetime]
+    access_expires_at: Mapped[datetime]
+    refresh_expires_at: Mapped[datetime | None]
+    rotated_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class SigningKey(Base):
+    __tablename__ = "oidc_signing_keys"
+
+    kid: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    alg: Mapped[str] = mapped_column(sa.String(8))
+    public_jwk: Mapped[dict] = mapped_column(sa.JSON)
+    # The private JWK, encrypted (Fernet) with a key derived from ENRS_SECRET_KEY.
+    private_encrypted: Mapped[str] = mapped_column(sa.Text)
+    created_at: Mapped[datetime]
+    # When a newer key took over signing; the key stays published until its tokens expired.
+    retired_at: Mapped[datetime | None]
+
+
+class SessionClient(Base):
+    """A portal session handed a code to this application: on logout, tell it."""
+
+    __tablename__ = "oidc_session_clients"
+
+    session_id: Mapped[str] = mapped_column(sa.ForeignKey("user_sessions.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    client_pk: Mapped[int] = mapped_column(sa.ForeignKey("oidc_clients.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    created_at: Mapped[datetime]
+
+
+class BackchannelLogout(Base):
+    """A logout token to POST to an application; kept until delivered (or given up)."""
+
+    __tablename__ = "oidc_backchannel_logouts"
+    __table_args__ = (sa.Index("ix_oidc_backchannel_due", "delivered_at", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_pk: Mapped[int] = mapped_column(sa.ForeignKey("oidc_clients.id", ondelete="CASCADE"))
+    subject: Mapped[str] = mapped_column(sa.String(32))
+    sid: Mapped[str] = mapped_column(sa.String(32))
+    created_at: Mapped[datetime]
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime]
+    claimed_until: Mapped[datetime | None]
+    delivered_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(sa.String(500))
+
+
+class FavouriteApplication(Base):
+    """"Mes applications favorites", in the order the user chose."""
+
+    __tablename__ = "favourite_applications"
+
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    client_pk: Mapped[int] = mapped_column(sa.ForeignKey("oidc_clients.id", ondelete="CASCADE"),
+                                           primary_key=True)
+    position: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime]
