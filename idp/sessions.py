@@ -57,6 +57,12 @@ class UserSession(Base):
 def start_session(session: Session, user: User, amr: list[str], acr: str) -> UserSession:
     """A new session id at every login (no fixation): the old cookie content is dropped."""
     settings = current_settings()
+    previous = cookie.get(COOKIE_KEY)
+    if previous and isinstance(previous, str):
+        # Logging in again (an application asked for a fresh login) replaces the session.
+        old = session.get(UserSession, token_digest(previous))
+        if old is not None and old.revoked_at is None:
+            end_session(session, old, reason="replaced")
     token = secrets.token_urlsafe(32)
     current = now()
     record = UserSession(
@@ -81,19 +87,30 @@ def start_session(session: Session, user: User, amr: list[str], acr: str) -> Use
 
 
 def end_session(session: Session, record: UserSession, reason: str = "logout") -> None:
-    record.revoked_at = now()
+    from idp.provider.backchannel import sessions_ended
+
+    if record.revoked_at is None:
+        record.revoked_at = now()
+        # The applications this session opened are told (back-channel logout).
+        sessions_ended(session, [record.id])
     audit.record(session, f"session.{reason}", actor_id=record.user_id, target_type="session",
                  target_id=record.public_id)
 
 
 def revoke_all(session: Session, user: User, *, except_id: str | None = None, reason: str) -> int:
-    query = sa.update(UserSession).where(UserSession.user_id == user.id, UserSession.revoked_at.is_(None))
+    from idp.provider.backchannel import sessions_ended
+
+    query = sa.select(UserSession.id).where(UserSession.user_id == user.id, UserSession.revoked_at.is_(None))
     if except_id:
         query = query.where(UserSession.id != except_id)
-    result = session.execute(query.values(revoked_at=now()).execution_options(synchronize_session=False))
+    ids = list(session.scalars(query))
+    if ids:
+        session.execute(sa.update(UserSession).where(UserSession.id.in_(ids), UserSession.revoked_at.is_(None))
+                        .values(revoked_at=now()).execution_options(synchronize_session=False))
+        sessions_ended(session, ids)
     audit.record(session, f"session.{reason}", actor_id=user.id, target_type="user", target_id=user.id,
-                 details={"revoked": result.rowcount})
-    return result.rowcount
+                 details={"revoked": len(ids)})
+    return len(ids)
 
 
 def _load_current():

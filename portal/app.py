@@ -78,6 +78,9 @@ def _register_blueprints(app: Flask) -> None:
     from idp import sessions
     from idp.account import bp as account_bp
     from idp.login import bp as login_bp
+    from idp.provider import backchannel
+    from idp.provider.server import init_provider
+    from idp.provider.views import bp as oidc_bp
     from idp.reset import bp as reset_bp
     from idp.totp import bp as totp_bp
     from onboarding.access import bp as access_bp
@@ -85,6 +88,7 @@ def _register_blueprints(app: Flask) -> None:
     from onboarding.captcha import bp as captcha_bp
     from onboarding.profile import bp as establishments_bp
     from onboarding.referentials import bp as referentials_bp
+    from onboarding.referentials import profession_label
     from onboarding.registration import bp as registration_bp
     from portal.admin import bp as admin_bp
     from portal.admin.audit_log import bp as audit_log_bp
@@ -92,9 +96,13 @@ def _register_blueprints(app: Flask) -> None:
     from portal.views import bp as portal_bp
 
     sessions.init_app(app)
+    # The provider's claims name professions; the referential lives in onboarding.
+    app.extensions["enrs.profession_label"] = profession_label
+    init_provider(app)
+    backchannel.init_app(app)
     for blueprint in (portal_bp, cgu_bp, referentials_bp, captcha_bp, registration_bp, activation_bp,
                       login_bp, reset_bp, account_bp, totp_bp, establishments_bp, access_bp, admin_bp,
-                      audit_log_bp):
+                      audit_log_bp, oidc_bp):
         app.register_blueprint(blueprint)
 
 

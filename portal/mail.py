@@ -22,13 +22,12 @@ from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
 from flask import (
     Flask,
-    Response,
     current_app,
     g,
     has_app_context,
@@ -149,6 +148,15 @@ def _deliver_quietly(ids: list[int] | None) -> None:
         log.exception("immediate delivery failed; messages stay in the outbox")
 
 
+def _run_job(job: Callable[[], object]) -> None:
+    try:
+        job()
+    except Exception:
+        log.exception("background job %s failed", getattr(job, "__name__", job))
+    finally:
+        db.session.rollback()
+
+
 class DeliveryThread:
     """One background thread per process that delivers what requests committed.
 
@@ -160,7 +168,7 @@ class DeliveryThread:
 
     def __init__(self, app: Flask) -> None:
         self.app = app
-        self.queue: queue.Queue[list[int]] = queue.Queue()
+        self.queue: queue.Queue[list[int] | Callable[[], object] | None] = queue.Queue()
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
         # `enrs serve` sets it: when idle, the thread also retries what is due in the
@@ -177,15 +185,24 @@ class DeliveryThread:
         self.start()
         self.queue.put(ids)
 
+    def submit_job(self, job: Callable[[], object]) -> None:
+        """Other after-commit work of the same kind (e.g. back-channel logout notices),
+        run on this thread inside an app context; failures are logged, never raised."""
+        self.start()
+        self.queue.put(job)
+
     def _run(self) -> None:
         while True:
             try:
-                ids: list[int] | None = self.queue.get(timeout=self.sweep_seconds)
+                ids = self.queue.get(timeout=self.sweep_seconds)
             except queue.Empty:
                 ids = None
             try:
                 with self.app.app_context():
-                    _deliver_quietly(ids)
+                    if callable(ids):
+                        _run_job(ids)
+                    else:
+                        _deliver_quietly(ids)
                     if ids is None:
                         _run_periodic(self.app)
             finally:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import hmac
 import secrets
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
@@ -31,9 +30,7 @@ def secret_digest(secret: str) -> str:
 
 
 def secret_matches(client: Client, secret: str | None) -> bool:
-    if client.secret_hash is None or not secret:
-        return False
-    return hmac.compare_digest(client.secret_hash, secret_digest(secret))
+    return client.check_client_secret(secret or "")
 
 
 def check_uri(value: str, field_name: str, *, allow_http_loopback: bool = True) -> str:

@@ -1,0 +1,426 @@
+"""authlib's authorization server, wired to the portal's tables.
+
+Grants: authorization code (+ PKCE, + OpenID Connect ID token) and rotating refresh
+tokens. Endpoints: revocation (RFC 7009), introspection (RFC 7662), RP-initiated logout.
+The views in `idp.provider.views` drive it; this module holds what the grants need to
+read and write, and the few rules the portal adds:
+
+- a code is claimed by a conditional UPDATE, so of many concurrent exchanges one wins;
+  a code presented again revokes what was issued from it;
+- a refresh token is rotated the same way; presenting a rotated one revokes its family;
+- every token stays tied to the portal session it came from: when the session ends
+  (logout, admin, expiry), its tokens stop working at once.
+"""
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
+from authlib.oauth2.rfc6749 import InvalidGrantError, InvalidRequestError
+from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
+from authlib.oauth2.rfc6750 import BearerTokenValidator
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+from authlib.oidc.core.grants import OpenIDCode
+from authlib.oidc.core.grants.util import create_half_hash
+from authlib.oidc.rpinitiated import EndSessionEndpoint
+from flask import Flask, current_app, g
+from joserfc import jwt
+
+from idp.models import STATUS_ACTIVE, User
+from idp.provider.claims import user_claims
+from idp.provider.keys import key_ring
+from idp.provider.models import AuthorizationCode, Client, SessionClient, Token
+from idp.sessions import UserSession
+from portal import audit
+from portal.clock import now
+from portal.db import db
+
+CODE_LIFETIME = timedelta(seconds=60)
+ACCESS_TOKEN_SECONDS = 300
+ID_TOKEN_SECONDS = 300
+
+
+def digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def issuer() -> str:
+    return current_app.extensions["enrs.settings"].base_url.rstrip("/")
+
+
+@dataclass
+class Principal:
+    """The resource owner as authlib carries it: the user and the portal session that
+    vouches for them (for `sid`, `auth_time`, `acr`, `amr`)."""
+
+    user: User
+    session: UserSession
+
+    def get_user_id(self) -> int:
+        return self.user.id
+
+
+def query_client(client_id: str) -> Client | None:
+    # authlib asks several times per request; clients change rarely but must take effect
+    # at once (disabled, new secret), so the cache lives for one request only.
+    if not client_id or not isinstance(client_id, str) or len(client_id) > 64:
+        return None
+    cache = g.setdefault("oidc_clients", {})
+    if client_id not in cache:
+        cache[client_id] = db.session.scalar(
+            sa.select(Client).where(Client.client_id == client_id, Client.disabled_at.is_(None)))
+    return cache[client_id]
+
+
+def _session_alive(record: UserSession | None, current: datetime) -> bool:
+    return (record is not None and record.revoked_at is None and record.expires_at > current
+            and record.user.status == STATUS_ACTIVE)
+
+
+def save_token(token: dict, request) -> None:
+    """Stores the digests of what the grant generated, with the session it belongs to."""
+    current = now()
+    origin: AuthorizationCode | Token | None = request.authorization_code or getattr(request, "refresh_token", None)
+    principal: Principal = request.user
+    family = origin.family_id if isinstance(origin, Token) else secrets.token_hex(16)
+    code_hash = origin.code_hash if isinstance(origin, AuthorizationCode | Token) else None
+    refresh = token.get("refresh_token")
+    row = Token(
+        access_token_hash=digest(token["access_token"]),
+        refresh_token_hash=digest(refresh) if refresh else None,
+        client_pk=request.client.id, user_id=principal.user.id, session_id=principal.session.id,
+        scope=token.get("scope") or origin.scope, family_id=family, code_hash=code_hash,
+        auth_time=origin.auth_time, acr=origin.acr, amr=origin.amr, issued_at=current,
+        access_expires_at=current + timedelta(seconds=int(token.get("expires_in", ACCESS_TOKEN_SECONDS))),
+        refresh_expires_at=principal.session.expires_at if refresh else None,
+    )
+    db.session.add(row)
+
+
+class CodeGrant(AuthorizationCodeGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+    def save_authorization_code(self, code: str, request) -> None:
+        principal: Principal = request.user
+        payload = request.payload
+        current = now()
+        db.session.add(AuthorizationCode(
+            code_hash=digest(code), client_pk=request.client.id, user_id=principal.user.id,
+            session_id=principal.session.id, redirect_uri=payload.redirect_uri, scope=request.scope,
+            nonce=payload.data.get("nonce"), code_challenge=payload.data.get("code_challenge"),
+            code_challenge_method=payload.data.get("code_challenge_method") if payload.data.get("code_challenge")
+            else None,
+            auth_time=principal.session.created_at, acr=principal.session.acr, amr=principal.session.amr,
+            created_at=current, expires_at=current + CODE_LIFETIME,
+        ))
+        # Remembered for back-channel logout: this session opened this application.
+        if db.session.get(SessionClient, (principal.session.id, request.client.id)) is None:
+            db.session.add(SessionClient(session_id=principal.session.id, client_pk=request.client.id,
+                                         created_at=current))
+
+    def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
+        if not isinstance(code, str) or len(code) > 128:
+            return None
+        code_hash = digest(code)
+        current = now()
+        table = AuthorizationCode.__table__
+        claimed = db.session.execute(
+            table.update()
+            .where(table.c.code_hash == code_hash, table.c.client_pk == client.id,
+                   table.c.used_at.is_(None), table.c.expires_at > current)
+            .values(used_at=current)
+        ).rowcount
+        if claimed == 1:
+            return db.session.get(AuthorizationCode, code_hash)
+        used = db.session.scalar(sa.select(table.c.used_at).where(table.c.code_hash == code_hash,
+                                                                  table.c.client_pk == client.id))
+        if used is not None:
+            # RFC 6749 §4.1.2: a code used twice was probably stolen; what it gave is revoked.
+            revoked = db.session.execute(
+                sa.update(Token).where(Token.code_hash == code_hash, Token.revoked_at.is_(None))
+                .values(revoked_at=current)
+            ).rowcount
+            audit.record(db.session, "oidc.code_reused", outcome="failure", target_type="client",
+                         target_id=client.client_id, details={"tokens_revoked": revoked})
+            db.session.commit()
+        return None
+
+    def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
+        pass  # already marked used when claimed; kept for reuse detection until purged
+
+    def authenticate_user(self, authorization_code: AuthorizationCode) -> Principal | None:
+        record = db.session.get(UserSession, authorization_code.session_id)
+        if not _session_alive(record, now()):
+            return None
+        return Principal(record.user, record)
+
+
+class S256Challenge(CodeChallenge):
+    """PKCE with S256 only: required of public clients, honoured for confidential ones."""
+
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+
+    def validate_code_challenge(self, grant, redirect_uri) -> None:
+        data = grant.request.payload.data
+        if grant.request.client.is_public and not data.get("code_challenge"):
+            raise InvalidRequestError("PKCE is required: missing 'code_challenge'.")
+        if data.get("code_challenge") and data.get("code_challenge_method") != "S256":
+            raise InvalidRequestError("'code_challenge_method' must be S256.")
+        super().validate_code_challenge(grant, redirect_uri)
+
+
+class RotatingRefreshGrant(RefreshTokenGrant):
+    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+    INCLUDE_NEW_REFRESH_TOKEN = True
+
+    def authenticate_refresh_token(self, refresh_token: str) -> Token | None:
+        if not isinstance(refresh_token, str) or len(refresh_token) > 128:
+            return None
+        row = db.session.scalar(sa.select(Token).where(Token.refresh_token_hash == digest(refresh_token)))
+        client = self.request.client
+        if row is None or row.client_pk != client.id:
+            return None  # another client's token is not even burned
+        current = now()
+        if row.rotated_at is not None:
+            revoked = db.session.execute(
+                sa.update(Token).where(Token.family_id == row.family_id, Token.revoked_at.is_(None))
+                .values(revoked_at=current)
+            ).rowcount
+            audit.record(db.session, "oidc.refresh_reused", outcome="failure", actor_id=row.user_id,
+                         target_type="client", target_id=client.client_id, details={"tokens_revoked": revoked})
+            db.session.commit()
+            return None
+        if row.revoked_at is not None or row.refresh_expires_at is None or row.refresh_expires_at <= current:
+            return None
+        if not _session_alive(db.session.get(UserSession, row.session_id), current):
+            return None  # the portal session ended: so did the application's right to refresh
+        table = Token.__table__
+        claimed = db.session.execute(
+            table.update().where(table.c.id == row.id, table.c.rotated_at.is_(None)).values(rotated_at=current)
+        ).rowcount
+        if claimed != 1:
+            return None
+        return row
+
+    def authenticate_user(self, refresh_token: Token) -> Principal | None:
+        record = db.session.get(UserSession, refresh_token.session_id)
+        if not _session_alive(record, now()):
+            return None
+        return Principal(record.user, record)
+
+    def revoke_old_credential(self, refresh_token: Token) -> None:
+        pass  # marked rotated when claimed
+
+
+class PortalOpenIDCode(OpenIDCode):
+    """ID tokens: signed with the client's algorithm by the current key of the ring,
+    times from the portal's clock, `sid` of the portal session."""
+
+    def exists_nonce(self, nonce: str, request) -> bool:
+        # A nonce protects the client against replayed ID tokens; the client checks it.
+        # The portal only echoes it, as panva's oidc-provider does.
+        return False
+
+    def generate_user_info(self, user: Principal, scope: str) -> dict:
+        return user_claims(db.session, user.user, scope)
+
+    def encode_id_token(self, token: dict, request) -> str:
+        return id_token_for(token, request.client, request.user,
+                            request.authorization_code or getattr(request, "refresh_token", None))
+
+    def __call__(self, grant) -> None:
+        super().__call__(grant)
+
+
+def id_token_for(token: dict, client: Client, principal: Principal,
+                 origin: AuthorizationCode | Token | None) -> str:
+    alg = client.id_token_signed_response_alg
+    kid, key = key_ring(db.session).signing[alg]
+    issued = int(now().timestamp())
+    claims = {
+        "iss": issuer(), "aud": client.client_id, "iat": issued, "exp": issued + ID_TOKEN_SECONDS,
+        "auth_time": int(principal.session.created_at.timestamp()), "acr": principal.session.acr,
+        "amr": principal.session.amr, "sid": principal.session.public_id, "azp": client.client_id,
+    }
+    if isinstance(origin, AuthorizationCode) and origin.nonce:
+        claims["nonce"] = origin.nonce
+    at_hash = create_half_hash(token["access_token"], alg)
+    if at_hash is not None:
+        claims["at_hash"] = at_hash.decode()
+    claims.update(user_claims(db.session, principal.user, token.get("scope") or origin.scope))
+    return jwt.encode({"alg": alg, "kid": kid, "typ": "JWT"}, claims, key, algorithms=[alg])
+
+
+class RefreshIDToken:
+    """Refreshing also returns a fresh ID token (without nonce), as OpenID Connect allows."""
+
+    def __call__(self, grant) -> None:
+        grant.register_hook("after_create_token_response", self.process_token)
+
+    def process_token(self, grant, response) -> None:
+        _, token, _ = response
+        if "openid" in (token.get("scope") or "").split():
+            token["id_token"] = id_token_for(token, grant.request.client, grant.request.user, None)
+
+
+def find_token(token_string: str, hint: str | None = None) -> Token | None:
+    if not isinstance(token_string, str) or not token_string or len(token_string) > 128:
+        return None
+    value = digest(token_string)
+    columns = [Token.access_token_hash, Token.refresh_token_hash]
+    if hint == "refresh_token":
+        columns.reverse()
+    for column in columns:
+        row = db.session.scalar(sa.select(Token).where(column == value))
+        if row is not None:
+            row.presented_as = "refresh_token" if column is Token.refresh_token_hash else "access_token"
+            return row
+    return None
+
+
+def token_active(row: Token, current: datetime) -> bool:
+    if row.revoked_at is not None:
+        return False
+    if getattr(row, "presented_as", "access_token") == "refresh_token":
+        alive = row.rotated_at is None and row.refresh_expires_at is not None and row.refresh_expires_at > current
+    else:
+        alive = row.access_expires_at > current
+    return alive and _session_alive(db.session.get(UserSession, row.session_id), current)
+
+
+class Revocation(RevocationEndpoint):
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> Token | None:
+        return find_token(token_string, token_type_hint)
+
+    def revoke_token(self, token: Token, request) -> None:
+        current = now()
+        if getattr(token, "presented_as", "") == "refresh_token":
+            # RFC 7009 §2.1: revoking a refresh token also ends the access tokens of its grant.
+            db.session.execute(sa.update(Token).where(Token.family_id == token.family_id,
+                                                      Token.revoked_at.is_(None)).values(revoked_at=current))
+        else:
+            token.revoked_at = current
+        audit.record(db.session, "oidc.token_revoked", actor_id=token.user_id, target_type="client",
+                     target_id=request.client.client_id,
+                     details={"type": getattr(token, "presented_as", "access_token")})
+        db.session.commit()
+
+
+class Introspection(IntrospectionEndpoint):
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> Token | None:
+        return find_token(token_string, token_type_hint)
+
+    def check_permission(self, token: Token, client: Client, request) -> bool:
+        # An application's back end learns about its own tokens only.
+        return token.client_pk == client.id
+
+    def create_introspection_payload(self, token: Token | None) -> dict:
+        # Activity depends on the portal session too, which introspect_token checks.
+        return self.introspect_token(token) if token is not None else {"active": False}
+
+    def introspect_token(self, token: Token) -> dict:
+        current = now()
+        if not token_active(token, current):
+            return {"active": False}
+        user = db.session.get(User, token.user_id)
+        record = db.session.get(UserSession, token.session_id)
+        refresh = getattr(token, "presented_as", "") == "refresh_token"
+        expires = token.refresh_expires_at if refresh else token.access_expires_at
+        return {
+            "active": True, "scope": token.scope, "client_id": self.server.query_client_id(token),
+            "token_type": "refresh_token" if refresh else "Bearer", "sub": user.public_id,
+            "exp": int(expires.timestamp()), "iat": int(token.issued_at.timestamp()), "iss": issuer(),
+            "aud": self.server.query_client_id(token), "sid": record.public_id, "acr": token.acr,
+            "amr": token.amr, "auth_time": int(token.auth_time.timestamp()),
+        }
+
+
+class EndSession(EndSessionEndpoint):
+    """RP-initiated logout: the ID token hint is checked against the portal's own keys;
+    the redirect goes only to a registered post-logout URI of the hinted client."""
+
+    def get_server_jwks(self):
+        return key_ring(db.session).key_set
+
+    def get_algorithms(self) -> list[str]:
+        return ["RS256", "ES256"]
+
+    def resolve_client_from_id_token_claims(self, claims: dict) -> Client | None:
+        aud = claims.get("aud")
+        return query_client(aud[0] if isinstance(aud, list) and aud else aud)
+
+    def is_post_logout_redirect_uri_legitimate(self, request, post_logout_redirect_uri, client, logout_hint):
+        return False  # without an ID token hint, no redirect: the user stays on the portal
+
+    def end_session(self, end_session_request) -> None:
+        from idp.sessions import end_session
+
+        record = g.get("user_session")
+        if record is not None:
+            end_session(db.session, record)
+            db.session.commit()
+
+
+class PortalAuthorizationServer(AuthorizationServer):
+    def query_client_id(self, token: Token) -> str:
+        client = db.session.get(Client, token.client_pk)
+        return client.client_id if client else ""
+
+
+class SessionBoundBearer(BearerTokenValidator):
+    """A bearer access token is good while it is unexpired, unrevoked and its portal
+    session is alive: logging out of the portal ends what the apps can read at once."""
+
+    def authenticate_token(self, token_string: str) -> Token | None:
+        row = find_token(token_string, "access_token")
+        if row is None or getattr(row, "presented_as", "") != "access_token":
+            return None
+        return row
+
+    def validate_token(self, token: Token, scopes, request) -> None:
+        from authlib.oauth2.rfc6750 import InvalidTokenError
+
+        if token is None or not token_active(token, now()):
+            raise InvalidTokenError(realm=self.realm)
+
+
+def _expires_in(client, grant_type: str) -> int:
+    return ACCESS_TOKEN_SECONDS
+
+
+def init_provider(app: Flask) -> PortalAuthorizationServer:
+    app.config.setdefault("OAUTH2_REFRESH_TOKEN_GENERATOR", True)
+    app.config.setdefault("OAUTH2_TOKEN_EXPIRES_IN", {"authorization_code": ACCESS_TOKEN_SECONDS,
+                                                      "refresh_token": ACCESS_TOKEN_SECONDS})
+    server = PortalAuthorizationServer(app, query_client=query_client, save_token=save_token)
+    server.register_grant(CodeGrant, [S256Challenge(required=True), PortalOpenIDCode(require_nonce=False)])
+    server.register_grant(RotatingRefreshGrant, [RefreshIDToken()])
+    server.register_endpoint(Revocation)
+    server.register_endpoint(Introspection)
+    server.register_endpoint(EndSession)
+    protector = ResourceProtector()
+    protector.register_token_validator(SessionBoundBearer())
+    app.extensions["enrs.oidc_server"] = server
+    app.extensions["enrs.oidc_protector"] = protector
+    return server
+
+
+def server() -> PortalAuthorizationServer:
+    return current_app.extensions["enrs.oidc_server"]
+
+
+def protector() -> ResourceProtector:
+    return current_app.extensions["enrs.oidc_protector"]
+
+
+__all__ = ["init_provider", "server", "protector", "Principal", "InvalidGrantError"]
