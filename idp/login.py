@@ -63,7 +63,11 @@ def login():
     form = LoginForm()
     if request.method == "GET":
         form.next.data = safe_next(request.args.get("next"), "")
-        if g.get("user") is not None:
+        # An application may name who should log in (login_hint): the field is pre-filled.
+        form.username.data = (request.args.get("login_hint") or "")[:320] or None
+        # An application may also ask for a fresh login (prompt=login, max_age): then the
+        # form is shown even to a logged-in user.
+        if g.get("user") is not None and request.args.get("reauth") != "1":
             return redirect(safe_next(form.next.data, url_for("portal.home")))
     if request.method == "POST" and form.validate():
         session = db.session
