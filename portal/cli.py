@@ -210,9 +210,11 @@ def cgu_publish(version: str, path: str) -> None:
 
 def _register_optional_groups() -> None:
     """Commands owned by other packages register themselves here (dependency rule)."""
+    from idp.provider.keys_cli import register as register_keys
     from onboarding.cli import register as register_onboarding
 
     register_onboarding(main, with_app, CommandError)
+    register_keys(main, with_app, CommandError)
 
 
 # -- serving ----------------------------------------------------------------------------

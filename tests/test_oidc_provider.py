@@ -642,3 +642,38 @@ def test_private_keys_are_stored_encrypted(portal):
         key_ring(db.session)
         stored = db.session.scalars(sa.select(SigningKey.private_encrypted)).all()
     assert stored and all('"d"' not in value and "d" not in value[:3] for value in stored)
+
+
+def test_dead_codes_and_tokens_are_purged_after_a_day(portal, user_client, clock):
+    from idp.provider.models import AuthorizationCode, Token
+    from idp.provider.purge import purge
+    from portal.db import db
+
+    tokens = tokens_for(user_client)
+    get_code(user_client)  # never exchanged
+    with portal.app_context():
+        assert purge(db.session) == {"codes": 0, "tokens": 0, "logout_notices": 0}
+        db.session.rollback()
+    clock.advance(days=2)
+    with portal.app_context():
+        result = purge(db.session)
+        db.session.commit()
+        assert result["codes"] == 2 and result["tokens"] == 1
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(AuthorizationCode)) == 0
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Token)) == 0
+    assert refresh(user_client, tokens["refresh_token"]).json["error"] == "invalid_grant"
+
+
+def test_operator_rotates_the_keys_from_the_command_line(portal, monkeypatch):
+    from click.testing import CliRunner
+
+    import portal.cli as cli
+
+    monkeypatch.setattr(cli, "_app", portal)
+    runner = CliRunner()
+    before = portal.test_client().get("/oauth/jwks").json["keys"]
+    result = runner.invoke(cli.main, ["keys", "rotate"])
+    assert result.exit_code == 0, result.output
+    assert "Nouvelle clé RS256" in result.output and "Nouvelle clé ES256" in result.output
+    listed = runner.invoke(cli.main, ["keys", "list"]).output
+    assert listed.count("\tsigne") == 2 and listed.count("retirée") == len(before)
