@@ -68,7 +68,7 @@ def login():
         # An application may also ask for a fresh login (prompt=login, max_age): then the
         # form is shown even to a logged-in user.
         if g.get("user") is not None and request.args.get("reauth") != "1":
-            return redirect(safe_next(form.next.data, url_for("portal.home")))
+            return redirect(safe_next(form.next.data, url_for("dashboard.apps")))
     if request.method == "POST" and form.validate():
         session = db.session
         user = find_account(session, form.username.data or "")
@@ -180,7 +180,7 @@ def code():
         amr, acr = proof
         start_session(session, pending.user, amr, acr)
         session.commit()
-        return redirect(safe_next(pending.next_url, url_for("portal.home")), code=303)
+        return redirect(safe_next(pending.next_url, url_for("dashboard.apps")), code=303)
     return _code_page(form, pending, None)
 
 

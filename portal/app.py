@@ -93,6 +93,7 @@ def _register_blueprints(app: Flask) -> None:
     from portal.admin import bp as admin_bp
     from portal.admin.audit_log import bp as audit_log_bp
     from portal.cgu import bp as cgu_bp
+    from portal.dashboard import bp as dashboard_bp
     from portal.views import bp as portal_bp
 
     sessions.init_app(app)
@@ -102,7 +103,7 @@ def _register_blueprints(app: Flask) -> None:
     backchannel.init_app(app)
     for blueprint in (portal_bp, cgu_bp, referentials_bp, captcha_bp, registration_bp, activation_bp,
                       login_bp, reset_bp, account_bp, totp_bp, establishments_bp, access_bp, admin_bp,
-                      audit_log_bp, oidc_bp):
+                      audit_log_bp, oidc_bp, dashboard_bp):
         app.register_blueprint(blueprint)
 
 
