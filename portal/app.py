@@ -91,6 +91,7 @@ def _register_blueprints(app: Flask) -> None:
     from onboarding.referentials import profession_label
     from onboarding.registration import bp as registration_bp
     from portal.admin import bp as admin_bp
+    from portal.admin.applications import bp as applications_bp
     from portal.admin.audit_log import bp as audit_log_bp
     from portal.cgu import bp as cgu_bp
     from portal.dashboard import bp as dashboard_bp
@@ -103,7 +104,7 @@ def _register_blueprints(app: Flask) -> None:
     backchannel.init_app(app)
     for blueprint in (portal_bp, cgu_bp, referentials_bp, captcha_bp, registration_bp, activation_bp,
                       login_bp, reset_bp, account_bp, totp_bp, establishments_bp, access_bp, admin_bp,
-                      audit_log_bp, oidc_bp, dashboard_bp):
+                      audit_log_bp, oidc_bp, dashboard_bp, applications_bp):
         app.register_blueprint(blueprint)
 
 
