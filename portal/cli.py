@@ -210,10 +210,13 @@ def cgu_publish(version: str, path: str) -> None:
 
 def _register_optional_groups() -> None:
     """Commands owned by other packages register themselves here (dependency rule)."""
+    from idp.provider.client_cli import register as register_clients
     from idp.provider.keys_cli import register as register_keys
     from onboarding.cli import register as register_onboarding
+    from onboarding.models import ROLE_LABELS
 
     register_onboarding(main, with_app, CommandError)
+    register_clients(main, with_app, CommandError, roles=ROLE_LABELS)  # the roles an application may require
     register_keys(main, with_app, CommandError)
 
 
