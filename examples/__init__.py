@@ -1,0 +1,1 @@
+"""Applications that use the portal from the outside, as a region's services would."""
