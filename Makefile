@@ -8,7 +8,7 @@ ROR_PORT ?= 5001
 
 export ENRS_ENV ?= development
 
-.PHONY: install run test test-postgres bench e2e clean
+.PHONY: install run ror-app test test-postgres bench e2e clean
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 est requis ($(PYTHON) introuvable)"; exit 1; }
@@ -21,11 +21,25 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# The demo ROR application (examples/ror_app) trusts the portal by OpenID Connect: `enrs demo`
+# registers it and writes its client configuration to the instance folder, where it reads it.
+ROR_ENV = ROR_APP_BASE_URL="$${ROR_APP_BASE_URL:-http://127.0.0.1:$(ROR_PORT)}" \
+          ROR_APP_INSTANCE_DIR="$${ROR_APP_INSTANCE_DIR:-$${ENRS_INSTANCE_DIR:-instance}}"
+
+# The portal in the foreground, the ROR app in the background; the trap stops the ROR app
+# whenever the portal stops (Ctrl-C included: a background job ignores SIGINT).
 run: export ENRS_BASE_URL ?= http://127.0.0.1:$(PORT)
 run: $(STAMP)
 	$(BIN)/enrs db upgrade
-	$(BIN)/enrs demo --if-empty
+	$(ROR_ENV) $(BIN)/enrs demo --if-empty
+	@$(ROR_ENV) $(BIN)/python -m examples.ror_app --port $(ROR_PORT) & ror=$$!; \
+	trap 'kill $$ror 2>/dev/null; wait $$ror 2>/dev/null' EXIT; trap 'exit 130' INT; trap 'exit 143' TERM; \
+	echo "Portail : $$ENRS_BASE_URL | application ROR de démonstration : $${ROR_APP_BASE_URL:-http://127.0.0.1:$(ROR_PORT)}"; \
 	$(BIN)/enrs serve --port $(PORT)
+
+# The demo ROR application alone (the portal already running, `enrs demo` already run).
+ror-app: $(STAMP)
+	$(ROR_ENV) $(BIN)/python -m examples.ror_app --port $(ROR_PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests --ignore=tests/e2e --ignore=tests/interop
