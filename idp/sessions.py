@@ -24,6 +24,7 @@ from portal.config import current_settings
 from portal.db import Base, db
 
 COOKIE_KEY = "sid"
+CARRIED_OVER_LOGIN = ("oidc_reauth_after", "psc_pending")
 # Writing last_seen on every request would make every page a write; once a minute is
 # precise enough for an idle timeout counted in tens of minutes.
 TOUCH_INTERVAL = timedelta(seconds=60)
@@ -50,6 +51,8 @@ class UserSession(Base):
     user_agent: Mapped[str | None] = mapped_column(sa.String(255))
     amr: Mapped[list[str]] = mapped_column(sa.JSON)
     acr: Mapped[str] = mapped_column(sa.String(64))
+    # After a Pro Santé Connect login: the ID token PSC issued, the hint its logout needs.
+    psc_id_token: Mapped[str | None] = mapped_column(sa.Text)
 
     user: Mapped[User] = relationship()
 
@@ -78,7 +81,12 @@ def start_session(session: Session, user: User, amr: list[str], acr: str) -> Use
         acr=acr,
     )
     session.add(record)
+    # Everything else in the cookie is dropped (no fixation), except the marks of a
+    # journey that continues after the login: an application's forced re-login, a
+    # Pro Santé Connect identity waiting to be linked.
+    carried = {key: cookie[key] for key in CARRIED_OVER_LOGIN if key in cookie}
     cookie.clear()
+    cookie.update(carried)
     cookie[COOKIE_KEY] = token
     cookie.permanent = False
     audit.record(session, "login.success", actor_id=user.id, actor_label=user.login or user.email,

@@ -439,22 +439,36 @@ def test_prompt_none_with_a_session_answers_at_once(user_client):
     assert "code" in redirect_params(authorize(user_client, prompt="none"))
 
 
-def test_prompt_login_and_max_age_zero_ask_for_a_new_login_once(user_client, mailbox, clock):
-    from urllib.parse import quote
+def log_in_again(client, mailbox, login_url: str):
+    """The login page an application's forced re-login leads to: password, then code."""
+    import re
 
+    from tests.conftest import body_text
+
+    page = client.get(login_url)
+    assert page.status_code == 200, "the login form is shown although a session exists"
+    html = page.get_data(as_text=True)
+    response = client.post("/login", data={"csrf_token": csrf(html), "username": EMAIL, "password": PASSWORD,
+                                           "next": field_value(html, "next")})
+    code = re.search(r"est : (\d{6})", body_text(mailbox.last(EMAIL))).group(1)
+    html = client.get("/login/code").get_data(as_text=True)
+    return client.post("/login/code", data={"csrf_token": csrf(html), "code": code})
+
+
+def test_prompt_login_and_max_age_zero_ask_for_a_new_login_once(user_client, mailbox, clock):
     for extra in ({"prompt": "login"}, {"max_age": "0"}):
         clock.advance(5)
         response = authorize(user_client, **extra)
         assert response.status_code == 303 and "reauth=1" in response.headers["Location"]
-        page = user_client.get(response.headers["Location"])
-        assert page.status_code == 200, "the login form is shown although a session exists"
-        next_url = parse_qs(urlsplit(response.headers["Location"]).query)["next"][0]
         clock.advance(5)
-        done = login(user_client, mailbox, EMAIL, PASSWORD, EMAIL, next_url=quote(next_url, safe="/") + "&reauth=1")
+        done = log_in_again(user_client, mailbox, response.headers["Location"])
+        assert done.status_code == 303 and done.headers["Location"].startswith("/oidc/authorize?")
+        clock.advance(1)
         params = redirect_params(user_client.get(done.headers["Location"]))
-        tokens = exchange(user_client, params["code"]).json
-        claims = verify(user_client, tokens["id_token"])
-        assert claims["auth_time"] == int(clock().timestamp())
+        claims = verify(user_client, exchange(user_client, params["code"]).json["id_token"])
+        assert claims["auth_time"] == int(clock().timestamp()) - 1
+        # The fresh login served this request only: the next prompt=login asks again.
+        assert authorize(user_client, **extra).status_code == 303
 
 
 def test_max_age_accepts_a_recent_enough_session(user_client, clock):
