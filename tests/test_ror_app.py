@@ -749,13 +749,14 @@ def test_sso_from_the_portal_to_the_ror_and_back_channel_logout(sso):
 
 
 def test_the_portal_tile_opens_the_ror(sso):
-    if "dashboard.open" not in sso.portal_app.view_functions:
-        pytest.skip("the portal's 'Mes applications' (dashboard.open) is not wired in yet")
     from portal.demo import DEMO_PASSWORD
 
     browser = requests.Session()
     page = browser.get(sso.portal.url + "/login")
     sso.log_in(browser, page, DEMO_LOGIN, DEMO_PASSWORD, DEMO_EMAIL)
+    apps = browser.get(sso.portal.url + "/apps")
+    assert "ROR Centre-Val de Loire" in text_of(apps.text)
+    assert 'href="/apps/ror-demo/open">Accéder à ROR Centre-Val de Loire</a>' in apps.text
     landed = browser.get(f"{sso.portal.url}/apps/ror-demo/open")
     assert landed.url == sso.ror.url + "/", landed.url
     assert "Bienvenue Nathalie DUPONT" in text_of(landed.text)
