@@ -41,6 +41,24 @@ run: $(STAMP)
 ror-app: $(STAMP)
 	$(ROR_ENV) $(BIN)/python -m examples.ror_app --port $(ROR_PORT)
 
+# The Pro Santé Connect stand-in (tests/psc_sandbox: panva's oidc-provider) on loopback, to
+# run beside `make run`: it prints the ENRS_PSC_* variables to give the portal and the test
+# identities. Issuer on 127.0.0.1:PSC_PORT, login page on localhost:PSC_PORT+1 (another
+# host name, as PSC's). `npm ci` runs only when node_modules is missing or older than the lock.
+.PHONY: psc-sandbox
+PSC_PORT ?= 5300
+PSC_MODULES := tests/psc_sandbox/node_modules/.package-lock.json
+$(PSC_MODULES): tests/psc_sandbox/package.json tests/psc_sandbox/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "Node.js 20+ et npm sont requis pour make psc-sandbox"; exit 1; }
+	cd tests/psc_sandbox && npm ci --no-audit --no-fund
+	@touch $@
+
+psc-sandbox: $(PSC_MODULES)
+	@PSC_SANDBOX_PORT=$(PSC_PORT) \
+	PSC_SANDBOX_REDIRECT_URIS="$${ENRS_BASE_URL:-http://127.0.0.1:$(PORT)}/psc/callback" \
+	PSC_SANDBOX_POST_LOGOUT_REDIRECT_URIS="$${ENRS_BASE_URL:-http://127.0.0.1:$(PORT)}/psc/logged-out" \
+	exec node tests/psc_sandbox/server.mjs
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests --ignore=tests/e2e --ignore=tests/interop
 
