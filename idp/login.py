@@ -224,9 +224,16 @@ def cancel():
 @bp.post("/logout")
 def logout():
     record = g.get("user_session")
+    psc_logout = None
     if record is not None:
+        from idp.psc.views import logout_redirect
+
+        psc_logout = logout_redirect(record)
         end_session(db.session, record)
         db.session.commit()
     cookie.clear()
+    if psc_logout:
+        # A session opened with Pro Santé Connect also ends PSC's session, which comes back.
+        return redirect(psc_logout, code=303)
     flash("Vous êtes déconnecté.", "success")
     return redirect(url_for("portal.home"), code=303)

@@ -21,6 +21,7 @@ from idp.models import (
     User,
     UserEstablishment,
 )
+from idp.psc.views import forget_pending, link_after_registration, pending_identity
 from idp.tokens import (
     PURPOSE_VERIFY_EMAIL,
     LinkError,
@@ -147,11 +148,16 @@ def check_registration(session: Session, form: RegistrationForm) -> Registration
         if not field.data:
             _error(reg, field, REQUIRED)
 
-    try:
-        nid = identity.national_id(form.national_id.data or "")
-    except ValueError as exc:
-        _error(reg, form.national_id, str(exc))
-        nid = None
+    vouched = psc_identity()
+    if vouched is not None and vouched.national_id:
+        # Pro Santé Connect vouched for it (test identities need not look like an RPPS).
+        nid = (vouched.national_id, vouched.national_id_type or "psc")
+    else:
+        try:
+            nid = identity.national_id(form.national_id.data or "")
+        except ValueError as exc:
+            _error(reg, form.national_id, str(exc))
+            nid = None
 
     phones = {}
     for field in (form.phone_pro, form.phone_mobile):
@@ -257,15 +263,16 @@ def _department_of_postal_code(postal: str) -> str | None:
 # -- persistence --------------------------------------------------------------------------
 
 
-def create_registration(session: Session, form: RegistrationForm, reg: Registration) -> None:
+def create_registration(session: Session, form: RegistrationForm, reg: Registration) -> User | None:
     """Store the request and queue the verification mail, or, when the address already has
-    an account, email its owner instead: the page shown is the same either way."""
+    an account, email its owner instead: the page shown is the same either way. Returns
+    the new account (None for an address already known)."""
     email = str(reg.values["email"])
     existing = session.scalar(sa.select(User).where(User.email == email))
     if existing is not None:
         _notify_existing_owner(session, existing)
         session.commit()
-        return
+        return None
 
     cgu = current_cgu(session)
     nid = reg.values["national_id"]
@@ -300,12 +307,16 @@ def create_registration(session: Session, form: RegistrationForm, reg: Registrat
         if existing is not None:
             _notify_existing_owner(session, existing)
             session.commit()
-        return
+        return None
     audit.record(session, "account.register", actor_id=user.id, actor_label=email,
                  target_type="user", target_id=user.id,
                  details={"establishments": [e.get("finess") or e.get("name") for e in reg.establishments]})
     send_verification(session, user)
+    # "Je n'ai pas de compte" after Pro Santé Connect: the new account carries the link
+    # (it still needs its email verified and, by default, an admin's approval).
+    link_after_registration(session, user)
     session.commit()
+    return user
 
 
 def send_verification(session: Session, user: User) -> None:
@@ -339,6 +350,10 @@ def register():
     if request.method == "POST" and captcha.refresh_requested(request.form):
         action = "refresh_captcha"  # "Nouvelle image" without JavaScript: the same form, another image
 
+    vouched = psc_identity()
+    unknown_sites: list[str] = []
+    if vouched is not None:
+        unknown_sites = apply_psc_identity(session, form, vouched, first_visit=request.method == "GET")
     if request.method == "POST":
         apply_search_choices(form)
         if action == "refresh_captcha":
@@ -360,6 +375,7 @@ def register():
             reg = check_registration(session, form)
             if not reg.errors and captcha_error is None:
                 create_registration(session, form, reg)
+                forget_pending()
                 return redirect(url_for("registration.sent"), code=303)
             log.info("registration refused: %s", sorted(reg.errors))
 
@@ -382,7 +398,37 @@ def register():
         civility_choices=CIVILITY_CHOICES,
         cgu=current_cgu(session),
         max_establishments=MAX_ESTABLISHMENTS,
+        psc_identity=vouched,
+        psc_unknown_sites=unknown_sites,
     ), status
+
+
+def psc_identity():
+    """The Pro Santé Connect identity of "Je n'ai pas de compte", when there is one."""
+    pending = pending_identity()
+    return pending[1] if pending else None
+
+
+def apply_psc_identity(session: Session, form: RegistrationForm, vouched, *, first_visit: bool) -> list[str]:
+    """What PSC vouches for is imposed (the fields are read-only, and a forged value is
+    overwritten); the profession and the establishments are only suggested. Returns the
+    FINESS numbers PSC sent that the referential does not know."""
+    if vouched.family_name:
+        form.last_name.data = vouched.family_name
+    if vouched.given_name:
+        form.first_name.data = vouched.given_name
+    if vouched.national_id:
+        form.national_id.data = vouched.national_id
+    unknown = [finess for finess in vouched.finess_sites if get_establishment(session, finess) is None]
+    if first_visit:
+        if vouched.profession_code and vouched.profession_code in {p.code for p in professions()}:
+            form.profession.data = vouched.profession_code
+        known = [finess for finess in vouched.finess_sites if finess not in unknown][:MAX_ESTABLISHMENTS]
+        for index, finess in enumerate(known):
+            if index >= len(form.establishments):
+                form.establishments.append_entry()
+            form.establishments[index].form.finess.data = finess
+    return unknown
 
 
 def apply_search_choices(form: RegistrationForm) -> None:

@@ -81,6 +81,7 @@ def _register_blueprints(app: Flask) -> None:
     from idp.provider import backchannel
     from idp.provider.server import init_provider
     from idp.provider.views import bp as oidc_bp
+    from idp.psc.views import bp as psc_bp
     from idp.reset import bp as reset_bp
     from idp.totp import bp as totp_bp
     from onboarding.access import bp as access_bp
@@ -104,7 +105,7 @@ def _register_blueprints(app: Flask) -> None:
     backchannel.init_app(app)
     for blueprint in (portal_bp, cgu_bp, referentials_bp, captcha_bp, registration_bp, activation_bp,
                       login_bp, reset_bp, account_bp, totp_bp, establishments_bp, access_bp, admin_bp,
-                      audit_log_bp, oidc_bp, dashboard_bp, applications_bp):
+                      audit_log_bp, oidc_bp, psc_bp, dashboard_bp, applications_bp):
         app.register_blueprint(blueprint)
 
 

@@ -23,6 +23,7 @@ CAPTCHA_BACKENDS = ("image", "pow")
 APPROVAL_MODES = ("required", "none")
 MAIL_SCHEMES = ("smtp", "smtps", "smtp+starttls", "file")
 STORAGE_SCHEMES = ("file", "s3")
+PSC_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "tls_client_auth")
 
 # Variables only read by the test suite and the CI script; the portal ignores them.
 _TEST_PREFIX = "ENRS_TEST_"
@@ -52,6 +53,9 @@ class Settings:
     psc_discovery_url: str | None
     psc_client_id: str | None
     psc_client_secret: str | None
+    psc_auth_method: str
+    psc_client_cert: str | None
+    psc_client_key: str | None
     portal_name: str
     clamd_socket: str | None
     generic_mailboxes: tuple[str, ...]
@@ -89,6 +93,9 @@ KNOWN_VARIABLES: dict[str, str] = {
     "ENRS_PSC_DISCOVERY_URL": "Pro Santé Connect discovery URL (optional)",
     "ENRS_PSC_CLIENT_ID": "Pro Santé Connect client id",
     "ENRS_PSC_CLIENT_SECRET": "Pro Santé Connect client secret",
+    "ENRS_PSC_AUTH_METHOD": "client_secret_basic (default), client_secret_post or tls_client_auth",
+    "ENRS_PSC_CLIENT_CERT": "PEM certificate file for tls_client_auth with Pro Santé Connect",
+    "ENRS_PSC_CLIENT_KEY": "PEM private key file of that certificate",
     "ENRS_PORTAL_NAME": "the region's brand, shown in pages and emails",
     "ENRS_CLAMD_SOCKET": "path of clamd's socket to scan uploads (optional)",
     "ENRS_GENERIC_MAILBOXES": "comma-separated local parts refused for the authentication email",
@@ -216,8 +223,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     psc = {k: (env.get(k) or None) for k in ("ENRS_PSC_DISCOVERY_URL", "ENRS_PSC_CLIENT_ID", "ENRS_PSC_CLIENT_SECRET")}
     if psc["ENRS_PSC_DISCOVERY_URL"] and not psc["ENRS_PSC_CLIENT_ID"]:
         raise ConfigError("ENRS_PSC_CLIENT_ID is required when ENRS_PSC_DISCOVERY_URL is set")
+    psc_auth_method = _choice(env, "ENRS_PSC_AUTH_METHOD", PSC_AUTH_METHODS, "client_secret_basic")
+    psc_cert, psc_key = env.get("ENRS_PSC_CLIENT_CERT") or None, env.get("ENRS_PSC_CLIENT_KEY") or None
     if psc["ENRS_PSC_DISCOVERY_URL"]:
         _check_url("ENRS_PSC_DISCOVERY_URL", psc["ENRS_PSC_DISCOVERY_URL"], ("https", "http"))
+        if psc_auth_method == "tls_client_auth":
+            for name, path in (("ENRS_PSC_CLIENT_CERT", psc_cert), ("ENRS_PSC_CLIENT_KEY", psc_key)):
+                if not path or not Path(path).is_file():
+                    raise ConfigError(f"{name} must name a readable PEM file for tls_client_auth")
+        elif not psc["ENRS_PSC_CLIENT_SECRET"]:
+            raise ConfigError(f"ENRS_PSC_CLIENT_SECRET is required with ENRS_PSC_AUTH_METHOD={psc_auth_method}")
+        if not development and not psc["ENRS_PSC_DISCOVERY_URL"].startswith("https://"):
+            raise ConfigError("ENRS_PSC_DISCOVERY_URL must use https in production")
 
     generic = env.get("ENRS_GENERIC_MAILBOXES")
     generic_mailboxes = (
@@ -242,6 +259,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         psc_discovery_url=psc["ENRS_PSC_DISCOVERY_URL"],
         psc_client_id=psc["ENRS_PSC_CLIENT_ID"],
         psc_client_secret=psc["ENRS_PSC_CLIENT_SECRET"],
+        psc_auth_method=psc_auth_method,
+        psc_client_cert=psc_cert,
+        psc_client_key=psc_key,
         portal_name=(env.get("ENRS_PORTAL_NAME") or "Portail ENRS").strip(),
         clamd_socket=env.get("ENRS_CLAMD_SOCKET") or None,
         generic_mailboxes=generic_mailboxes,

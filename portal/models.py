@@ -8,6 +8,7 @@ def load_all_models() -> sa.MetaData:
     import idp.codes  # noqa: F401
     import idp.models  # noqa: F401
     import idp.provider.models  # noqa: F401
+    import idp.psc.models  # noqa: F401
     import idp.sessions  # noqa: F401
     import onboarding.models  # noqa: F401
     import portal.audit  # noqa: F401

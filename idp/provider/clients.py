@@ -38,7 +38,7 @@ def check_uri(value: str, field_name: str, *, allow_http_loopback: bool = True) 
     tests), no fragment, no credentials."""
     value = (value or "").strip()
     parts = urlsplit(value)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    if parts.scheme not in ("https", "http") or not parts.hostname or any(c.isspace() for c in value):
         raise ClientError(field_name, f"« {value} » n'est pas une adresse web absolue (https://…).")
     if parts.fragment or "#" in value:
         raise ClientError(field_name, f"« {value} » ne doit pas contenir de fragment (#…).")

@@ -146,7 +146,7 @@ class CodeGrant(AuthorizationCodeGrant):
                 sa.update(Token).where(Token.code_hash == code_hash, Token.revoked_at.is_(None))
                 .values(revoked_at=current)
             ).rowcount
-            audit.record(db.session, "oidc.code_reused", outcome="failure", target_type="client",
+            audit.record(db.session, "oidc.code_reused", outcome="failure", target_type="application",
                          target_id=client.client_id, details={"tokens_revoked": revoked})
             db.session.commit()
         return None
@@ -193,7 +193,7 @@ class RotatingRefreshGrant(RefreshTokenGrant):
                 .values(revoked_at=current)
             ).rowcount
             audit.record(db.session, "oidc.refresh_reused", outcome="failure", actor_id=row.user_id,
-                         target_type="client", target_id=client.client_id, details={"tokens_revoked": revoked})
+                         target_type="application", target_id=client.client_id, details={"tokens_revoked": revoked})
             db.session.commit()
             return None
         if row.revoked_at is not None or row.refresh_expires_at is None or row.refresh_expires_at <= current:
@@ -308,7 +308,7 @@ class Revocation(RevocationEndpoint):
                                                       Token.revoked_at.is_(None)).values(revoked_at=current))
         else:
             token.revoked_at = current
-        audit.record(db.session, "oidc.token_revoked", actor_id=token.user_id, target_type="client",
+        audit.record(db.session, "oidc.token_revoked", actor_id=token.user_id, target_type="application",
                      target_id=request.client.client_id,
                      details={"type": getattr(token, "presented_as", "access_token")})
         db.session.commit()

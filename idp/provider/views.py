@@ -34,7 +34,8 @@ SINGLE_PARAMETERS = ("response_type", "client_id", "redirect_uri", "scope", "sta
 # Set when the portal sends the user to log in again for an application (prompt=login,
 # max_age): a session that started after it satisfies the request, so no loop.
 REAUTH_KEY = "oidc_reauth_after"
-ACR_VALUES = ["urn:enrs:acr:pwd-otp-email", "urn:enrs:acr:pwd-otp-app"]
+# Password + emailed code, password + authenticator app, Pro Santé Connect (eIDAS levels).
+ACR_VALUES = ["urn:enrs:acr:pwd-otp-email", "urn:enrs:acr:pwd-otp-app", "eidas1", "eidas2"]
 
 
 def _json_no_store(payload: dict, status: int = 200) -> Response:
@@ -146,7 +147,7 @@ def authorize():
                            "L'application qui vous a envoyé ici n'est pas enregistrée sur le portail. "
                            "Revenez à l'application et réessayez, ou contactez son support.")
     if not redirect_uri or not client.check_redirect_uri(redirect_uri):
-        audit.record(db.session, "oidc.redirect_uri_refused", outcome="failure", target_type="client",
+        audit.record(db.session, "oidc.redirect_uri_refused", outcome="failure", target_type="application",
                      target_id=client.client_id, details={"redirect_uri": (redirect_uri or "")[:300]})
         db.session.commit()
         return _error_page("Adresse de retour non autorisée",
@@ -175,14 +176,14 @@ def authorize():
     cookie.pop(REAUTH_KEY, None)
     if not may_open(db.session, user, client):
         audit.record(db.session, "oidc.role_missing", outcome="failure", actor_id=user.id,
-                     target_type="client", target_id=client.client_id, details={"role": client.required_role})
+                     target_type="application", target_id=client.client_id, details={"role": client.required_role})
         db.session.commit()
         if "none" in prompts:
             return _redirect_error(AccessDeniedError(redirect_uri=redirect_uri, state=request.values.get("state")))
         return render_template("oidc/role_missing.html", client=client), 403
     response = op.server().create_authorization_response(grant=grant, grant_user=op.Principal(user, record))
     if response.status_code == 302 and "code=" in response.headers.get("Location", ""):
-        audit.record(db.session, "oidc.code_issued", actor_id=user.id, target_type="client",
+        audit.record(db.session, "oidc.code_issued", actor_id=user.id, target_type="application",
                      target_id=client.client_id, details={"sid": record.public_id})
         db.session.commit()
     else:

@@ -88,10 +88,37 @@ ACTION_LABELS: dict[str, str] = {
     "cgu.publish": "Nouvelle version des CGU publiée",
     "finess.import": "Import du répertoire FINESS",
     "audit.export": "Export du journal d'audit",
+    "session.replaced": "Session remplacée (nouvelle connexion)",
+    "app.open": "Application ouverte",
+    "app.created": "Application enregistrée",
+    "app.updated": "Application modifiée",
+    "app.secret_rotated": "Secret d'application renouvelé",
+    "app.disabled": "Application désactivée",
+    "app.enabled": "Application réactivée",
+    "app.removed": "Application supprimée",
+    "oidc.code_issued": "Connexion transmise à une application",
+    "oidc.code_reused": "Code d'autorisation rejoué (jetons révoqués)",
+    "oidc.refresh_reused": "Jeton de rafraîchissement rejoué (jetons révoqués)",
+    "oidc.redirect_uri_refused": "Adresse de retour refusée",
+    "oidc.role_missing": "Application refusée (rôle manquant)",
+    "oidc.token_revoked": "Jeton révoqué par l'application",
+    "oidc.keys_rotated": "Clés de signature renouvelées",
+    "psc.linked": "Carte e-CPS liée",
+    "psc.unlinked": "Carte e-CPS déliée",
+    "psc.unlink_refused": "Déliaison e-CPS refusée",
+    "psc.identity_unlinked": "Connexion Pro Santé Connect sans compte lié",
+    "psc.already_linked": "Identité PSC déjà liée à un autre compte",
+    "psc.link_refused": "Liaison e-CPS refusée",
+    "psc.national_id_mismatch": "Identifiant national différent de celui du compte",
+    "psc.account_not_active": "Connexion PSC d'un compte inactif",
+    "psc.state_mismatch": "Réponse PSC invalide ou rejouée",
+    "psc.cancelled": "Connexion PSC annulée",
+    "psc.unavailable": "Pro Santé Connect indisponible",
 }
 
 OUTCOME_LABELS = {"success": "Succès", "failure": "Échec", "partial": "Partiel"}
-TARGET_TYPE_LABELS = {"user": "utilisateur", "session": "session", "referential": "référentiel"}
+TARGET_TYPE_LABELS = {"user": "utilisateur", "session": "session", "referential": "référentiel",
+                      "application": "application"}
 # "utilisateur:12" is accepted as well as "user:12" in the target filter.
 TARGET_TYPE_ALIASES = {label: name for name, label in TARGET_TYPE_LABELS.items()} | {"référentiel": "referential",
                                                                                      "referentiel": "referential"}
