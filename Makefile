@@ -78,5 +78,19 @@ E2E_ARGS ?=
 e2e: $(STAMP)
 	$(BIN)/python -m pytest -q tests/e2e $(E2E_ARGS)
 
+# The interop suite: panva's openid-client (pinned in tests/interop/package-lock.json) as the
+# relying party of a served portal (`enrs serve`, SQLite, loopback SMTP). `npm ci` runs only
+# when node_modules is missing or older than the lock file. INTEROP_ARGS passes options to pytest.
+.PHONY: interop
+INTEROP_ARGS ?=
+INTEROP_MODULES := tests/interop/node_modules/.package-lock.json
+$(INTEROP_MODULES): tests/interop/package.json tests/interop/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "Node.js 20+ et npm sont requis pour make interop"; exit 1; }
+	cd tests/interop && npm ci --no-audit --no-fund
+	@touch $@
+
+interop: $(STAMP) $(INTEROP_MODULES)
+	$(BIN)/python -m pytest -q tests/interop $(INTEROP_ARGS)
+
 clean:
 	rm -rf $(VENV) instance .pytest_cache bench/results
