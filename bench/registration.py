@@ -58,11 +58,11 @@ def _measure(database_url: str, smtp_url: str, instance: Path) -> dict[str, obje
     from flask.testing import FlaskClient
 
     import onboarding.captcha as captcha
-    from portal.mail import drain
     from onboarding.finess import load_demo_establishments
     from portal.app import create_app
     from portal.cgu import DEFAULT_CGU_TEXT, publish_cgu
     from portal.db import db, upgrade
+    from portal.mail import drain
 
     app = create_app({
         "ENRS_ENV": "development", "ENRS_INSTANCE_DIR": str(instance), "ENRS_DATABASE_URL": database_url,

@@ -19,6 +19,7 @@ from portal.clock import now
 from portal.config import current_settings
 from portal.db import Base
 from portal.mail import queue_mail
+from portal.observability import CODES_SENT
 
 MAX_CODE_ATTEMPTS = 5
 RESEND_INTERVAL = timedelta(seconds=60)
@@ -61,6 +62,7 @@ def send_code(session: Session, pending: PendingLogin) -> None:
     pending.code_expires_at = current + timedelta(seconds=settings.email_code_ttl)
     pending.code_sent_at = current
     pending.code_attempts = 0
+    CODES_SENT.inc()
     queue_mail(session, pending.user.email, f"[{settings.portal_name}] Code d'authentification",
                "login_code", code=code, ttl=settings.email_code_ttl, user=pending.user)
 

@@ -146,6 +146,9 @@ def _load_current():
     g.user_session = record
     if (record.user.cgu_version_id != _current_cgu_id() and request.endpoint not in CGU_EXEMPT_ENDPOINTS
             and request.blueprint not in CGU_EXEMPT_BLUEPRINTS):
+        g.cgu_outdated = True
+        if request.endpoint == "oidc.authorize" and "none" in (request.values.get("prompt") or "").split():
+            return None  # no page may be shown: the provider answers interaction_required
         return redirect(url_for("account.accept_cgu", next=request.full_path.rstrip("?")))
     return None
 
@@ -154,7 +157,7 @@ def _load_current():
 # pages, logging out.
 CGU_EXEMPT_ENDPOINTS = {
     "account.accept_cgu", "cgu.show_current", "login.logout", "static", "portal.legal_notice",
-    "portal.contact", "portal.accessibility",
+    "portal.contact", "portal.accessibility", "oidc.end_session", "psc.logged_out", "healthz", "readyz", "metrics",
 }
 # The JSON and media endpoints behind forms (autocomplete, captcha images) answer as usual.
 CGU_EXEMPT_BLUEPRINTS = {"referentials", "captcha"}

@@ -17,7 +17,12 @@ from idp.sessions import login_required
 from onboarding import captcha
 from onboarding.attestation import AttestationRefused, check_upload, render_attestation_pdf
 from onboarding.models import (
-    REQUEST_APPROVED, REQUEST_CANCELLED, REQUEST_PENDING, REQUEST_REJECTED, REQUEST_TYPES, ROLE_LABELS,
+    REQUEST_APPROVED,
+    REQUEST_CANCELLED,
+    REQUEST_PENDING,
+    REQUEST_REJECTED,
+    REQUEST_TYPES,
+    ROLE_LABELS,
     AccessRequest,
 )
 from onboarding.referentials import profession_label

@@ -9,11 +9,16 @@ from wtforms import FieldList, FormField
 
 from idp.models import User, UserEstablishment
 from idp.sessions import login_required
-from onboarding.registration import (
-    MAX_ESTABLISHMENTS, EstablishmentForm, Registration, apply_search_choices, check_establishment,
-    chosen_establishments, row_index,
-)
 from onboarding.referentials import search_establishments
+from onboarding.registration import (
+    MAX_ESTABLISHMENTS,
+    EstablishmentForm,
+    Registration,
+    apply_search_choices,
+    check_establishment,
+    chosen_establishments,
+    row_index,
+)
 from portal import audit
 from portal.db import db
 

@@ -14,8 +14,8 @@ import io
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
 from importlib import resources
+from typing import Callable
 from urllib.parse import unquote_to_bytes
 
 import sqlalchemy as sa

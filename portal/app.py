@@ -1,7 +1,6 @@
 """create_app(): settings, extensions, blueprints and error pages."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Mapping
 
@@ -61,16 +60,24 @@ def create_app(env: Mapping[str, str] | None = None, *, clock: Clock | None = No
     if clock is not None:
         app.extensions["enrs.clock"] = clock
 
+    if settings.trusted_proxies:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        # X-Forwarded-* are believed only from the configured number of proxies in front:
+        # the client address for rate limits and the audit, the scheme for cookies.
+        n = settings.trusted_proxies
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)  # type: ignore[method-assign]
+
     db.init_app(app, settings.database_url)
     init_security(app, hsts=settings.secure_cookies)
-    from portal import mail
+    from portal import mail, observability
 
+    observability.init_app(app)
     mail.init_app(app)
 
     _register_blueprints(app)
     _register_error_pages(app)
     _register_template_globals(app, settings)
-    logging.getLogger("enrs").setLevel(logging.INFO)
     return app
 
 
@@ -103,10 +110,25 @@ def _register_blueprints(app: Flask) -> None:
     app.extensions["enrs.profession_label"] = profession_label
     init_provider(app)
     backchannel.init_app(app)
+    app.extensions["enrs.admin_queues"] = _admin_queues()
     for blueprint in (portal_bp, cgu_bp, referentials_bp, captcha_bp, registration_bp, activation_bp,
                       login_bp, reset_bp, account_bp, totp_bp, establishments_bp, access_bp, admin_bp,
                       audit_log_bp, oidc_bp, psc_bp, dashboard_bp, applications_bp):
         app.register_blueprint(blueprint)
+
+
+def _admin_queues() -> dict:
+    """How many requests wait in each admin queue, for the metrics."""
+    import sqlalchemy as sa
+
+    from idp.models import STATUS_REVIEW_PENDING, User
+    from onboarding.models import REQUEST_PENDING, AccessRequest
+
+    def count(model, condition):
+        return lambda session: session.scalar(sa.select(sa.func.count()).select_from(model).where(condition))
+
+    return {"accounts": count(User, User.status == STATUS_REVIEW_PENDING),
+            "ror_access": count(AccessRequest, AccessRequest.status == REQUEST_PENDING)}
 
 
 def _wants_json() -> bool:

@@ -63,4 +63,7 @@ def record(
         details=details,
     )
     session.add(entry)
+    from portal.observability import count_audit_event
+
+    count_audit_event(action, outcome, details)
     return entry

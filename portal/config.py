@@ -62,6 +62,11 @@ class Settings:
     email_code_ttl: int
     session_idle_timeout: int
     session_lifetime: int
+    log_format: str
+    metrics_allow: tuple
+    metrics_token: str | None
+    trusted_proxies: int
+    audit_retention_days: int
 
     @property
     def is_development(self) -> bool:
@@ -102,6 +107,11 @@ KNOWN_VARIABLES: dict[str, str] = {
     "ENRS_EMAIL_CODE_TTL": "validity of emailed login codes in seconds (default 1200)",
     "ENRS_SESSION_IDLE_TIMEOUT": "idle timeout of a portal session in seconds (default 1800)",
     "ENRS_SESSION_LIFETIME": "absolute lifetime of a portal session in seconds (default 43200)",
+    "ENRS_LOG_FORMAT": "json (default in production: one JSON line per request) or text",
+    "ENRS_METRICS_ALLOW": "addresses/networks allowed to read /metrics (default 127.0.0.1/32,::1/128)",
+    "ENRS_METRICS_TOKEN": "bearer token that also opens /metrics (optional)",
+    "ENRS_TRUSTED_PROXIES": "number of reverse proxies whose X-Forwarded-* headers are trusted (default 0)",
+    "ENRS_AUDIT_RETENTION_DAYS": "audit entries older than this are purged by the worker (default 365)",
 }
 
 
@@ -236,6 +246,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if not development and not psc["ENRS_PSC_DISCOVERY_URL"].startswith("https://"):
             raise ConfigError("ENRS_PSC_DISCOVERY_URL must use https in production")
 
+    networks = []
+    for item in (env.get("ENRS_METRICS_ALLOW") or "127.0.0.1/32,::1/128").split(","):
+        if item.strip():
+            try:
+                networks.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise ConfigError(f"ENRS_METRICS_ALLOW: {item.strip()!r} is not an address or network") from None
+    metrics_token = env.get("ENRS_METRICS_TOKEN") or None
+    if metrics_token and len(metrics_token) < 24:
+        raise ConfigError("ENRS_METRICS_TOKEN is too short: use at least 24 random characters")
+
     generic = env.get("ENRS_GENERIC_MAILBOXES")
     generic_mailboxes = (
         tuple(sorted({p.strip().lower() for p in generic.split(",") if p.strip()}))
@@ -268,6 +289,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         email_code_ttl=_int(env, "ENRS_EMAIL_CODE_TTL", 1200, 60, 86400),
         session_idle_timeout=_int(env, "ENRS_SESSION_IDLE_TIMEOUT", 1800, 60, 86400),
         session_lifetime=_int(env, "ENRS_SESSION_LIFETIME", 43200, 300, 30 * 86400),
+        log_format=_choice(env, "ENRS_LOG_FORMAT", ("json", "text"), "text" if development else "json"),
+        metrics_allow=tuple(networks),
+        metrics_token=metrics_token,
+        trusted_proxies=_int(env, "ENRS_TRUSTED_PROXIES", 0, 0, 5),
+        audit_retention_days=_int(env, "ENRS_AUDIT_RETENTION_DAYS", 365, 30, 3650),
     )
 
 

@@ -40,6 +40,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from portal.clock import now
 from portal.config import current_settings
 from portal.db import Base, db
+from portal.observability import MAILS
 
 log = logging.getLogger("enrs.mail")
 
@@ -284,9 +285,11 @@ def deliver(ids: Iterable[int] | None = None, limit: int = 200) -> DeliveryRepor
                 except Exception as exc:  # SMTP, network, disk: all retried later
                     _release(session, message, exc)
                     report.failed += 1
+                    MAILS.labels("failed").inc()
                 else:
                     _mark_sent(session, message)
                     report.sent += 1
+                    MAILS.labels("sent").inc()
         finally:
             transport.close()
     finally:

@@ -82,6 +82,9 @@ class Store(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def check(self) -> None:
+        """Raise when the store cannot take a file right now (readiness probe)."""
+
 
 def new_key(clock: Clock) -> str:
     return f"{clock():%Y-%m}/{secrets.token_urlsafe(TOKEN_BYTES)}"
@@ -130,6 +133,11 @@ class FileStore:
 
     def path_of(self, key: str) -> Path:
         return self.root / check_key(key)
+
+    def check(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PermissionError(f"{self.root} is not writable")
 
     def put(self, stream: BinaryIO) -> StoredFile:
         try:
@@ -283,6 +291,9 @@ class S3Store:
 
     def object_name(self, key: str) -> str:
         return self.prefix + check_key(key)
+
+    def check(self) -> None:
+        self.client.head_bucket(Bucket=self.bucket)
 
     def put(self, stream: BinaryIO) -> StoredFile:
         spool: BinaryIO | None = None

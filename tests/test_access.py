@@ -235,7 +235,7 @@ def test_two_admins_approving_at_once_make_one_decision(portal, professional, ma
         statuses.append(client.post(f"/admin/requests/{item.id}", data={"csrf_token": token,
                                                                        "decision": "approve"}).status_code)
 
-    threads = [threading.Thread(target=decide, args=pair) for pair in zip(admins, tokens)]
+    threads = [threading.Thread(target=decide, args=pair) for pair in zip(admins, tokens, strict=True)]
     for t in threads:
         t.start()
     for t in threads:

@@ -63,7 +63,7 @@ def test_user_create_prints_the_login_of_an_active_professional(enrs, app, mailb
 def test_user_create_refuses_bad_input_in_one_line(enrs, args, message):
     base = {"--email": "x.y@esante-test.fr", "--password": "Un-Secret-Solide-1", "--first-name": "X",
             "--last-name": "Y"}
-    for flag, value in zip(args[::2], args[1::2]):
+    for flag, value in zip(args[::2], args[1::2], strict=True):
         base[flag] = value
     result = enrs("user", "create", *[item for pair in base.items() for item in pair])
     assert result.exit_code == 1

@@ -448,8 +448,8 @@ def log_in_again(client, mailbox, login_url: str):
     page = client.get(login_url)
     assert page.status_code == 200, "the login form is shown although a session exists"
     html = page.get_data(as_text=True)
-    response = client.post("/login", data={"csrf_token": csrf(html), "username": EMAIL, "password": PASSWORD,
-                                           "next": field_value(html, "next")})
+    client.post("/login", data={"csrf_token": csrf(html), "username": EMAIL, "password": PASSWORD,
+                                "next": field_value(html, "next")})
     code = re.search(r"est : (\d{6})", body_text(mailbox.last(EMAIL))).group(1)
     html = client.get("/login/code").get_data(as_text=True)
     return client.post("/login/code", data={"csrf_token": csrf(html), "code": code})
@@ -691,3 +691,19 @@ def test_operator_rotates_the_keys_from_the_command_line(portal, monkeypatch):
     assert "Nouvelle clé RS256" in result.output and "Nouvelle clé ES256" in result.output
     listed = runner.invoke(cli.main, ["keys", "list"]).output
     assert listed.count("\tsigne") == 2 and listed.count("retirée") == len(before)
+
+
+def test_prompt_none_for_a_user_who_must_accept_new_cgu_answers_interaction_required(portal, user_client, clock):
+    from portal.cgu import publish_cgu
+    from portal.db import db
+
+    with portal.app_context():
+        publish_cgu(db.session, "2027-01", "Nouvelles conditions générales d'utilisation.")
+        db.session.commit()
+    clock.advance(31)  # the current CGU version is cached for 30 s
+    params = redirect_params(authorize(user_client, prompt="none"))
+    assert params["error"] == "interaction_required" and params["state"] == "st-123"
+    # Without prompt=none, the CGU page comes first, as for any page of the portal.
+    assert "/account/cgu" in authorize(user_client).headers["Location"]
+    # Logging out at an application's request is never held up by the CGU.
+    assert "Voulez-vous vous déconnecter" in user_client.get("/oidc/logout").get_data(as_text=True)

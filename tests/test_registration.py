@@ -8,7 +8,14 @@ import sqlalchemy as sa
 
 from tests.conftest import body_text
 from tests.journeys import (
-    captcha_answer, csrf, error_for, field_value, link_in, path_of, registration_data, submit_registration,
+    captcha_answer,
+    csrf,
+    error_for,
+    field_value,
+    link_in,
+    path_of,
+    registration_data,
+    submit_registration,
 )
 
 
@@ -27,10 +34,10 @@ def portal(app):
 
 
 def users(app):
+    from sqlalchemy.orm import selectinload
+
     from idp.models import User
     from portal.db import db
-
-    from sqlalchemy.orm import selectinload
 
     with app.app_context():
         return db.session.scalars(sa.select(User).order_by(User.id).options(selectinload(User.establishments))).all()
@@ -253,9 +260,8 @@ def test_double_submission_creates_one_account(portal, client, mailbox):
 
 
 def test_registering_with_an_address_that_has_an_account_shows_the_same_page(portal, client, mailbox):
-    from portal.db import db
-
     from onboarding.accounts import create_professional
+    from portal.db import db
 
     with portal.app_context():
         create_professional(db.session, email="nathalie.petit@esante-centre.fr", password="Tr3s-Long-Secret!",

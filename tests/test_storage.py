@@ -11,7 +11,6 @@ import stat
 import tracemalloc
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import sqlalchemy as sa

@@ -174,6 +174,12 @@ def authorize():
             return _redirect_error(LoginRequiredError(redirect_uri=redirect_uri, state=request.values.get("state")))
         return _login_redirect(prompt_login=user is not None)
     cookie.pop(REAUTH_KEY, None)
+    if g.get("cgu_outdated"):
+        # Only reached with prompt=none (otherwise the CGU page came first): OIDC Core
+        # §3.1.2.6, the user must interact before a code can be issued.
+        from authlib.oidc.core.errors import InteractionRequiredError
+
+        return _redirect_error(InteractionRequiredError(redirect_uri=redirect_uri, state=request.values.get("state")))
     if not may_open(db.session, user, client):
         audit.record(db.session, "oidc.role_missing", outcome="failure", actor_id=user.id,
                      target_type="application", target_id=client.client_id, details={"role": client.required_role})

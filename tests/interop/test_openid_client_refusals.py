@@ -167,10 +167,6 @@ def test_a_person_without_the_required_role_gets_a_page_or_access_denied(portal,
     assert rp.call("callback", flow=flow["flow"], url=callback)["claims"]["family_name"] == "GIRARD"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "provider: the CGU gate (idp/sessions.py _load_current) answers /oidc/authorize?prompt=none with a "
-    "redirect to the /account/cgu page; OIDC Core §3.1.2.1 says prompt=none MUST NOT display any page and "
-    "§3.1.2.6 gives interaction_required for this case"))
 def test_prompt_none_for_a_person_who_must_accept_new_terms_answers_interaction_required(rp, new_person):
     claire = new_person("Claire", "Moreau")
     claire.log_in(accept_cgu=False)  # logged in, the terms of use not yet accepted
