@@ -1,6 +1,7 @@
 """create_app(): settings, extensions, blueprints and error pages."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Mapping
 
@@ -111,10 +112,32 @@ def _register_blueprints(app: Flask) -> None:
     init_provider(app)
     backchannel.init_app(app)
     app.extensions["enrs.admin_queues"] = _admin_queues()
+    _register_purges(app)
     for blueprint in (portal_bp, cgu_bp, referentials_bp, captcha_bp, registration_bp, activation_bp,
                       login_bp, reset_bp, account_bp, totp_bp, establishments_bp, access_bp, admin_bp,
                       audit_log_bp, oidc_bp, psc_bp, dashboard_bp, applications_bp):
         app.register_blueprint(blueprint)
+
+
+def _register_purges(app: Flask) -> None:
+    """Each package forgets what it no longer needs; run hourly by the worker (or the
+    sweep of `enrs serve`)."""
+    from idp import maintenance as idp_maintenance
+    from onboarding import maintenance as onboarding_maintenance
+    from portal import audit
+    from portal.db import db
+    from portal.worker import every
+
+    retention = app.extensions["enrs.settings"].audit_retention_days
+
+    def purge_all() -> None:
+        counts = {**idp_maintenance.purge(db.session), **onboarding_maintenance.purge(db.session),
+                  "audit_entries": audit.purge_older_than(db.session, retention)}
+        db.session.commit()
+        if any(counts.values()):
+            logging.getLogger("enrs.worker").info("purge", extra={"fields": {"event": "purge", **counts}})
+
+    app.extensions.setdefault("enrs.periodic", []).append(every(3600, purge_all))
 
 
 def _admin_queues() -> dict:

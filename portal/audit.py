@@ -67,3 +67,10 @@ def record(
 
     count_audit_event(action, outcome, details)
     return entry
+
+
+def purge_older_than(session: Session, days: int) -> int:
+    """Audit retention: entries older than `days` go (ENRS_AUDIT_RETENTION_DAYS)."""
+    from datetime import timedelta
+
+    return session.execute(sa.delete(AuditEntry).where(AuditEntry.at < now() - timedelta(days=days))).rowcount

@@ -226,8 +226,17 @@ def _register_optional_groups() -> None:
 @main.command("serve")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5000, show_default=True, type=int)
-def serve(host: str, port: int) -> None:
-    """Serve the portal (development server; see docs for production)."""
+@click.option("--prod", is_flag=True, help="gunicorn with several worker processes (see docs/deploy.md)")
+@click.option("--workers", default=4, show_default=True, type=int, help="worker processes (with --prod)")
+@click.option("--threads", default=4, show_default=True, type=int, help="threads per worker (with --prod)")
+def serve(host: str, port: int, prod: bool, workers: int, threads: int) -> None:
+    """Serve the portal: the development server, or gunicorn with --prod.
+
+    With --prod, run `enrs worker` beside it: the web processes then leave the outbox
+    and the periodic jobs to it."""
+    if prod:
+        _serve_with_gunicorn(host, port, workers, threads)
+        return
     from portal.mail import sweep_outbox_every
 
     app = get_app()
@@ -237,6 +246,46 @@ def serve(host: str, port: int) -> None:
     if settings.mail_url.startswith("file://"):
         click.echo(f"Les mails sont écrits dans {settings.mail_url.removeprefix('file://')}")
     app.run(host=host, port=port, debug=False, use_reloader=False, threaded=True)
+
+
+def _serve_with_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    # First: it sets PROMETHEUS_MULTIPROC_DIR, which must precede the metrics' creation.
+    from portal import gunicorn_conf
+
+    get_app()  # a configuration error stops here, with its one line, before any fork
+
+    class Portal(BaseApplication):
+        def load_config(self) -> None:
+            for name in ("worker_class", "timeout", "graceful_timeout", "keepalive", "forwarded_allow_ips",
+                         "accesslog", "errorlog", "max_requests", "max_requests_jitter", "child_exit"):
+                self.cfg.set(name, getattr(gunicorn_conf, name))
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("threads", threads)
+
+        def load(self):
+            from portal.wsgi import app
+
+            return app
+
+    click.echo(f"gunicorn : {workers} processus × {threads} fils sur http://{host}:{port}")
+    Portal().run()
+
+
+@main.command("worker")
+@click.option("--interval", default=5.0, show_default=True, type=float, help="seconds between rounds")
+@click.option("--once", is_flag=True, help="one round, then exit (cron)")
+def worker(interval: float, once: bool) -> None:
+    """Deliver the outbox and run the periodic jobs (logout notices, digests, purges)."""
+    from portal import worker as background
+
+    app = get_app()
+    if once:
+        click.echo(background.run_once(app))
+        return
+    background.run(app, interval=interval)
 
 
 _register_optional_groups()

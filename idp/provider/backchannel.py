@@ -79,8 +79,9 @@ def _forget_after_rollback(session: Session, _previous: object) -> None:
 
 def init_app(app: Flask) -> None:
     from idp.provider.purge import purge_job
+    from portal.worker import every
 
-    app.extensions.setdefault("enrs.periodic", []).extend([deliver_due, purge_job])
+    app.extensions.setdefault("enrs.periodic", []).extend([deliver_due, every(3600, purge_job)])
 
     @app.teardown_request
     def _submit(_exc: BaseException | None) -> None:

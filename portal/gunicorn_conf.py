@@ -1,0 +1,39 @@
+"""gunicorn settings for the portal: `gunicorn -c python:portal.gunicorn_conf portal.wsgi:app`
+(what `enrs serve --prod` runs). Every value can be overridden on the command line.
+
+Each worker is a separate process with its own database pool; all state lives in the
+database (and Redis for rate limits), so any worker serves any step of any flow. On
+SIGTERM gunicorn stops accepting, lets in-flight requests finish (graceful_timeout),
+then exits: a rolling restart loses no acknowledged request.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+bind = os.environ.get("ENRS_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
+# A few threads per worker overlap the waits (database, SMTP hand-off, Argon2 releases
+# the GIL); CPU-bound work (hashing, signing) is spread by the processes.
+worker_class = "gthread"
+threads = int(os.environ.get("ENRS_THREADS", "4"))
+timeout = 30
+graceful_timeout = 25
+keepalive = 5
+# The reverse proxy terminates TLS and buffers slow clients; its address alone may set
+# X-Forwarded-* (ENRS_TRUSTED_PROXIES makes the app believe them).
+forwarded_allow_ips = os.environ.get("ENRS_PROXY_IPS", "127.0.0.1")
+accesslog = None  # the app writes one JSON line per request itself (with its request id)
+errorlog = "-"
+max_requests = 5000  # recycle workers now and then: bounded memory over weeks
+max_requests_jitter = 500
+# Prometheus counters of every worker add up in this folder (prometheus-client's
+# multiprocess mode); cleaned when a worker exits.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="enrs-metrics-")
+
+
+def child_exit(server, worker) -> None:  # gunicorn hook
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
