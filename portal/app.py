@@ -53,6 +53,11 @@ def create_app(env: Mapping[str, str] | None = None, *, clock: Clock | None = No
         RATELIMIT_STORAGE_URI=settings.redis_url or "memory://",
         RATELIMIT_STRATEGY="moving-window",
         RATELIMIT_KEY_PREFIX="enrs",
+        # Redis down: the limits go on per process in memory (still limiting, not shared)
+        # rather than failing the request; back to Redis once it answers again.
+        RATELIMIT_IN_MEMORY_FALLBACK_ENABLED=True,
+        RATELIMIT_SWALLOW_ERRORS=True,
+        RATELIMIT_STORAGE_OPTIONS={"socket_timeout": 1, "socket_connect_timeout": 1},
         TEMPLATES_AUTO_RELOAD=settings.is_development,
         JSON_SORT_KEYS=False,
     )

@@ -114,3 +114,17 @@ def test_forwarded_headers_are_trusted_only_when_configured(app_env, clock):
             as_text=True)
         app.extensions["enrs.db"]["engine"].dispose()
     assert seen == {"0": "127.0.0.1", "1": "203.0.113.9"}
+
+
+def test_with_redis_down_logins_go_on_and_limits_fall_back_to_memory(app_env, clock):
+    """Redis unreachable: no error page; each process limits on its own until it is back."""
+    from portal.app import create_app
+
+    app = create_app({**app_env, "ENRS_REDIS_URL": "redis://127.0.0.1:1/0"}, clock=clock)
+    app.config.update(WTF_CSRF_ENABLED=False)
+    client = app.test_client()
+    statuses = [client.post("/login", data={"username": "nobody@esante-test.fr", "password": "x"}).status_code
+                for _ in range(25)]
+    assert 500 not in statuses and statuses[0] == 401
+    assert 429 in statuses, "the per-address limit still applies, from memory"
+    app.extensions["enrs.db"]["engine"].dispose()
