@@ -74,6 +74,11 @@ def create_app(env: Mapping[str, str] | None = None, *, clock: Clock | None = No
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)  # type: ignore[method-assign]
 
+    if settings.psc_discovery_url:
+        from portal.security import origin_of
+
+        # The logout button of every page may end in Pro Santé Connect's logout (issuer host).
+        app.config["ENRS_FORM_ACTION_ORIGINS"] = [origin_of(settings.psc_discovery_url)]
     db.init_app(app, settings.database_url)
     init_security(app, hsts=settings.secure_cookies)
     from portal import mail, observability

@@ -59,7 +59,7 @@ def init_security(app: Flask, *, hsts: bool) -> None:
     def _headers(response: Response) -> Response:
         headers = response.headers
         # A view may set a stricter policy (attestation previews); never a looser one.
-        headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        headers.setdefault("Content-Security-Policy", _policy(app))
         headers.setdefault("X-Frame-Options", "DENY")
         headers["X-Content-Type-Options"] = "nosniff"
         headers.setdefault("Referrer-Policy", "same-origin")
@@ -70,6 +70,28 @@ def init_security(app: Flask, *, hsts: bool) -> None:
         if request.endpoint != "static" and "Cache-Control" not in headers:
             headers["Cache-Control"] = "no-store"
         return response
+
+
+def _policy(app: Flask) -> str:
+    """The CSP of this response. Browsers apply form-action to the redirects that follow
+    a form's submission too: a login whose next step sends the user back to an
+    application, or a logout that ends a Pro Santé Connect session, must name those
+    origins (app.config["ENRS_FORM_ACTION_ORIGINS"] always; g.form_action_origins for
+    this response)."""
+    from flask import g
+
+    extra = list(app.config.get("ENRS_FORM_ACTION_ORIGINS", ())) + list(g.get("form_action_origins", ()))
+    if not extra:
+        return CONTENT_SECURITY_POLICY
+    origins = " ".join(sorted(set(extra)))
+    return CONTENT_SECURITY_POLICY.replace("form-action 'self'", f"form-action 'self' {origins}")
+
+
+def origin_of(url: str) -> str | None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def safe_next(target: str | None, default: str = "/") -> str:

@@ -707,3 +707,19 @@ def test_prompt_none_for_a_user_who_must_accept_new_cgu_answers_interaction_requ
     assert "/account/cgu" in authorize(user_client).headers["Location"]
     # Logging out at an application's request is never held up by the CGU.
     assert "Voulez-vous vous déconnecter" in user_client.get("/oidc/logout").get_data(as_text=True)
+
+
+def test_login_pages_let_their_form_lead_back_to_a_registered_application(portal, mailbox):
+    """Chromium applies form-action to the redirects after a submission: the code page's
+    policy must name the applications' origins, or the return to the app is blocked."""
+    client = portal.test_client()
+    response = authorize(client)
+    client.get(response.headers["Location"])
+    client.post("/login", data={"csrf_token": csrf(client.get("/login").get_data(as_text=True)),
+                                "username": EMAIL, "password": PASSWORD})
+    policy = client.get("/login/code").headers["Content-Security-Policy"]
+    form_action = [d for d in policy.split("; ") if d.startswith("form-action")][0]
+    assert form_action.split()[1:] == ["'self'", "https://agenda.esante-test.fr", "https://annuaire.esante-test.fr",
+                                       ROR]
+    assert "form-action 'self';" in client.get("/").headers["Content-Security-Policy"] + ";", \
+        "other pages keep the strict policy"

@@ -415,3 +415,12 @@ def test_identity_claims_mapping():
     identity = identity_from_claims({"sub": DOCTOR["sub"], "acr": "eidas2"}, DOCTOR)
     assert identity.finess_sites == ["280503848", "750000012"], "empty strings mean absent"
     assert identity.profession_code == "10" and identity.acr == "eidas2"
+
+
+def test_forms_that_lead_to_psc_are_allowed_by_the_page_policy(portal, fake_psc, mailbox):
+    client = portal.test_client()
+    login(client, mailbox, EMAIL, PASSWORD, EMAIL)
+    issuer_origin = f"http://127.0.0.1:{fake_psc.port}"
+    assert issuer_origin in client.get("/account/").headers["Content-Security-Policy"], "logout goes to PSC's issuer"
+    assert f"http://localhost:{fake_psc.port}" in client.get("/psc/").headers["Content-Security-Policy"], \
+        "linking goes to PSC's login host"

@@ -412,7 +412,27 @@ def init_provider(app: Flask) -> PortalAuthorizationServer:
     protector.register_token_validator(SessionBoundBearer())
     app.extensions["enrs.oidc_server"] = server
     app.extensions["enrs.oidc_protector"] = protector
+    app.after_request(_allow_forms_to_lead_to_applications)
     return server
+
+
+# Pages whose form, once submitted, may end in a redirect to an application: the login
+# steps and the CGU acceptance (then /oidc/authorize answers with the app's callback),
+# and the logout confirmation (then the app's post-logout address).
+FORMS_LEADING_TO_APPLICATIONS = {"login.login", "login.code", "account.accept_cgu", "oidc.end_session"}
+
+
+def _allow_forms_to_lead_to_applications(response):
+    from flask import request
+
+    from portal.security import origin_of
+
+    if request.endpoint in FORMS_LEADING_TO_APPLICATIONS and response.mimetype == "text/html":
+        rows = db.session.execute(sa.select(Client.redirect_uris, Client.post_logout_redirect_uris)
+                                  .where(Client.disabled_at.is_(None))).all()
+        origins = {origin_of(uri) for redirects, logouts in rows for uri in [*redirects, *logouts]}
+        g.form_action_origins = sorted(o for o in origins if o)
+    return response
 
 
 def server() -> PortalAuthorizationServer:

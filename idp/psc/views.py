@@ -30,7 +30,7 @@ from idp.sessions import login_required, start_session, token_digest
 from portal import audit
 from portal.clock import now
 from portal.db import db
-from portal.security import external_url, limiter, safe_next
+from portal.security import external_url, limiter, origin_of, safe_next
 
 bp = Blueprint("psc", __name__, url_prefix="/psc")
 
@@ -297,7 +297,13 @@ class UnlinkForm(FlaskForm):
 @bp.route("/", methods=["GET"])
 @login_required
 def manage():
-    _configured()
+    client = _configured()
+    # "Lier ma carte e-CPS" posts here, then the browser goes to PSC's login page on its
+    # own host: the form-action of this page must allow it.
+    try:
+        g.form_action_origins = [o for o in (origin_of(client.metadata()["authorization_endpoint"]),) if o]
+    except PscError:
+        pass
     link_row = db.session.scalar(sa.select(PscLink).where(PscLink.user_id == g.user.id))
     return render_template("idp/psc_manage.html", link=link_row, form=UnlinkForm(formdata=None), error=None)
 
