@@ -166,10 +166,11 @@ def user_create(email, password, first_name, last_name, profession, finess):
 
 
 @main.command("demo")
-@click.option("--if-empty", is_flag=True, help="do nothing when the database already has accounts")
+@click.option("--if-empty", is_flag=True, help="keep existing accounts; only make sure the demo ROR application is registered")
 @with_app
 def demo(if_empty: bool) -> None:
-    """Seed demo data (development only): CGU, establishments, admins, a professional."""
+    """Seed demo data (development only): CGU, establishments, admins, a professional with the ROR
+    role, and the demo ROR application (its client secret written to the instance folder)."""
     from portal.demo import seed_demo
 
     for line in seed_demo(if_empty=if_empty):
