@@ -26,3 +26,20 @@ def purge(session: Session) -> dict[str, int]:
         sa.or_(UserSession.expires_at < current - ENDED_SESSIONS_KEPT,
                UserSession.revoked_at < current - ENDED_SESSIONS_KEPT))).rowcount
     return {"pending_logins": pending, "psc_pending": psc, "sessions": sessions}
+
+
+def end_lapsed_sessions(session: Session, idle_timeout: int) -> int:
+    """Sessions past their idle timeout or lifetime are ended like a logout, so that the
+    applications they opened get their back-channel logout notice."""
+    from idp.provider.backchannel import sessions_ended
+
+    current = now()
+    ids = list(session.scalars(sa.select(UserSession.id).where(
+        UserSession.revoked_at.is_(None),
+        sa.or_(UserSession.expires_at <= current,
+               UserSession.last_seen_at <= current - timedelta(seconds=idle_timeout))).limit(1000)))
+    if ids:
+        session.execute(sa.update(UserSession).where(UserSession.id.in_(ids), UserSession.revoked_at.is_(None))
+                        .values(revoked_at=current).execution_options(synchronize_session=False))
+        sessions_ended(session, ids)
+    return len(ids)

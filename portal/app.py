@@ -147,7 +147,11 @@ def _register_purges(app: Flask) -> None:
         if any(counts.values()):
             logging.getLogger("enrs.worker").info("purge", extra={"fields": {"event": "purge", **counts}})
 
-    app.extensions.setdefault("enrs.periodic", []).append(every(3600, purge_all))
+    def end_lapsed_sessions() -> None:
+        if idp_maintenance.end_lapsed_sessions(db.session, app.extensions["enrs.settings"].session_idle_timeout):
+            db.session.commit()
+
+    app.extensions.setdefault("enrs.periodic", []).extend([every(3600, purge_all), every(60, end_lapsed_sessions)])
 
 
 def _admin_queues() -> dict:

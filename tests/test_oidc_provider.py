@@ -723,3 +723,25 @@ def test_login_pages_let_their_form_lead_back_to_a_registered_application(portal
                                        ROR]
     assert "form-action 'self';" in client.get("/").headers["Content-Security-Policy"] + ";", \
         "other pages keep the strict policy"
+
+
+def test_using_an_app_keeps_the_portal_session_alive_and_a_lapsed_one_is_ended_for_the_apps(
+        portal, user_client, receiver, clock):
+    from idp import maintenance
+    from portal.db import db
+
+    tokens = tokens_for(user_client)
+    for _ in range(3):  # an hour of work in the ROR app, refreshing every 20 minutes
+        clock.advance(minutes=20)
+        tokens = refresh(user_client, tokens["refresh_token"]).json
+        assert "access_token" in tokens
+    clock.advance(minutes=31)  # then nothing for longer than the idle timeout
+    assert refresh(user_client, tokens["refresh_token"]).json["error"] == "invalid_grant"
+    with portal.app_context():
+        assert maintenance.end_lapsed_sessions(db.session, 1800) == 1
+        db.session.commit()
+    from idp.provider.backchannel import deliver
+
+    with portal.app_context():
+        deliver()
+    assert len(receiver.tokens) == 1, "the ROR app is told the session is over"

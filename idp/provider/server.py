@@ -79,8 +79,9 @@ def query_client(client_id: str) -> Client | None:
 
 
 def _session_alive(record: UserSession | None, current: datetime) -> bool:
+    idle = timedelta(seconds=current_app.extensions["enrs.settings"].session_idle_timeout)
     return (record is not None and record.revoked_at is None and record.expires_at > current
-            and record.user.status == STATUS_ACTIVE)
+            and record.last_seen_at + idle > current and record.user.status == STATUS_ACTIVE)
 
 
 def save_token(token: dict, request) -> None:
@@ -210,8 +211,14 @@ class RotatingRefreshGrant(RefreshTokenGrant):
 
     def authenticate_user(self, refresh_token: Token) -> Principal | None:
         record = db.session.get(UserSession, refresh_token.session_id)
-        if not _session_alive(record, now()):
+        current = now()
+        if not _session_alive(record, current):
             return None
+        # Using an application keeps the portal session alive, as browsing the portal does.
+        from idp.sessions import TOUCH_INTERVAL
+
+        if current - record.last_seen_at >= TOUCH_INTERVAL:
+            record.last_seen_at = current
         return Principal(record.user, record)
 
     def revoke_old_credential(self, refresh_token: Token) -> None:
