@@ -79,8 +79,9 @@ e2e: $(STAMP)
 	$(BIN)/python -m pytest -q tests/e2e $(E2E_ARGS)
 
 # The interop suite: panva's openid-client (pinned in tests/interop/package-lock.json) as the
-# relying party of a served portal (`enrs serve`, SQLite, loopback SMTP). `npm ci` runs only
-# when node_modules is missing or older than the lock file. INTEROP_ARGS passes options to pytest.
+# relying party of a served portal (`enrs serve`, SQLite, loopback SMTP), and the Pro Santé
+# Connect flows against the PSC sandbox (tests/psc_sandbox). `npm ci` runs in each only when
+# node_modules is missing or older than the lock file. INTEROP_ARGS passes options to pytest.
 .PHONY: interop
 INTEROP_ARGS ?=
 INTEROP_MODULES := tests/interop/node_modules/.package-lock.json
@@ -89,7 +90,7 @@ $(INTEROP_MODULES): tests/interop/package.json tests/interop/package-lock.json
 	cd tests/interop && npm ci --no-audit --no-fund
 	@touch $@
 
-interop: $(STAMP) $(INTEROP_MODULES)
+interop: $(STAMP) $(INTEROP_MODULES) $(PSC_MODULES)
 	$(BIN)/python -m pytest -q tests/interop $(INTEROP_ARGS)
 
 clean:
