@@ -9,14 +9,18 @@ from sqlalchemy.orm import Session
 from idp.models import User, UserEstablishment, UserRole
 from idp.provider.models import Client
 
+# Built once (they run for every token and userinfo call): compiled once by SQLAlchemy.
+_ROLES = (sa.select(UserRole.role, UserRole.finess)
+          .where(UserRole.user_id == sa.bindparam("user_id"), UserRole.revoked_at.is_(None))
+          .order_by(UserRole.granted_at, UserRole.id))
+_ESTABLISHMENTS = (sa.select(UserEstablishment.finess, UserEstablishment.name, UserEstablishment.service,
+                             UserEstablishment.function_type)
+                   .where(UserEstablishment.user_id == sa.bindparam("user_id"))
+                   .order_by(UserEstablishment.position, UserEstablishment.id))
+
 
 def active_roles(session: Session, user_id: int) -> list[dict[str, str]]:
-    rows = session.execute(
-        sa.select(UserRole.role, UserRole.finess)
-        .where(UserRole.user_id == user_id, UserRole.revoked_at.is_(None))
-        .order_by(UserRole.granted_at, UserRole.id)
-    )
-    return [{"role": role, "finess": finess} for role, finess in rows]
+    return [{"role": role, "finess": finess} for role, finess in session.execute(_ROLES, {"user_id": user_id})]
 
 
 def has_role(session: Session, user_id: int, role: str) -> bool:
@@ -58,13 +62,11 @@ def user_claims(session: Session, user: User, scope: str) -> dict:
         if user.national_id_type:
             claims["national_id_type"] = user.national_id_type
     if "establishments" in scopes:
-        rows = session.scalars(
-            sa.select(UserEstablishment).where(UserEstablishment.user_id == user.id)
-            .order_by(UserEstablishment.position, UserEstablishment.id)
-        )
+        # Four columns, not whole objects.
+        rows = session.execute(_ESTABLISHMENTS, {"user_id": user.id})
         claims["establishments"] = [
-            {"finess": row.finess, "name": row.name, "service": row.service, "function": row.function_type}
-            for row in rows
+            {"finess": finess, "name": name, "service": service, "function": function}
+            for finess, name, service, function in rows
         ]
     if "roles" in scopes:
         claims["roles"] = active_roles(session, user.id)

@@ -31,6 +31,7 @@ from authlib.oidc.core.grants.util import create_half_hash
 from authlib.oidc.rpinitiated import EndSessionEndpoint
 from flask import Flask, current_app, g
 from joserfc import jwt
+from sqlalchemy.orm import joinedload
 
 from idp.models import STATUS_ACTIVE, User
 from idp.provider.claims import user_claims
@@ -73,8 +74,7 @@ def query_client(client_id: str) -> Client | None:
         return None
     cache = g.setdefault("oidc_clients", {})
     if client_id not in cache:
-        cache[client_id] = db.session.scalar(
-            sa.select(Client).where(Client.client_id == client_id, Client.disabled_at.is_(None)))
+        cache[client_id] = db.session.scalar(_CLIENT_BY_ID, {"client_id": client_id})
     return cache[client_id]
 
 
@@ -82,6 +82,10 @@ def _session_alive(record: UserSession | None, current: datetime) -> bool:
     idle = timedelta(seconds=current_app.extensions["enrs.settings"].session_idle_timeout)
     return (record is not None and record.revoked_at is None and record.expires_at > current
             and record.last_seen_at + idle > current and record.user.status == STATUS_ACTIVE)
+
+
+def _session_with_user(session_id: str) -> UserSession | None:
+    return db.session.get(UserSession, session_id, options=[joinedload(UserSession.user)])
 
 
 def save_token(token: dict, request) -> None:
@@ -92,20 +96,39 @@ def save_token(token: dict, request) -> None:
     family = origin.family_id if isinstance(origin, Token) else secrets.token_hex(16)
     code_hash = origin.code_hash if isinstance(origin, AuthorizationCode | Token) else None
     refresh = token.get("refresh_token")
-    row = Token(
+    # A plain INSERT: nothing reads the row back in this request, so the ORM's unit of
+    # work would be pure overhead on the hottest path of the provider.
+    db.session.execute(_INSERT_TOKEN, dict(
         access_token_hash=digest(token["access_token"]),
         refresh_token_hash=digest(refresh) if refresh else None,
         client_pk=request.client.id, user_id=principal.user.id, session_id=principal.session.id,
         scope=token.get("scope") or origin.scope, family_id=family, code_hash=code_hash,
         auth_time=origin.auth_time, acr=origin.acr, amr=origin.amr, issued_at=current,
         access_expires_at=current + timedelta(seconds=int(token.get("expires_in", ACCESS_TOKEN_SECONDS))),
-        refresh_expires_at=principal.session.expires_at if refresh else None,
-    )
-    db.session.add(row)
+        refresh_expires_at=principal.session.expires_at if refresh else None, rotated_at=None, revoked_at=None,
+    ))
+
+
+# The statements of the token endpoint are built once: SQLAlchemy then reuses their
+# compiled form, instead of building and hashing a new statement on every request.
+_INSERT_TOKEN = sa.insert(Token)
+_CLAIM_CODE = (
+    sa.update(AuthorizationCode)
+    .where(AuthorizationCode.code_hash == sa.bindparam("b_code"),
+           AuthorizationCode.client_pk == sa.bindparam("b_client"),
+           AuthorizationCode.used_at.is_(None), AuthorizationCode.expires_at > sa.bindparam("b_now"))
+    .values(used_at=sa.bindparam("b_now"))
+    .returning(AuthorizationCode)
+    .execution_options(synchronize_session=False)
+)
+_CLIENT_BY_ID = sa.select(Client).where(Client.client_id == sa.bindparam("client_id"), Client.disabled_at.is_(None))
 
 
 class CodeGrant(AuthorizationCodeGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+    def generate_authorization_code(self) -> str:
+        return _random_token()
 
     def save_authorization_code(self, code: str, request) -> None:
         principal: Principal = request.user
@@ -131,14 +154,11 @@ class CodeGrant(AuthorizationCodeGrant):
         code_hash = digest(code)
         current = now()
         table = AuthorizationCode.__table__
+        # One round trip: the claim returns the row it claimed (PostgreSQL and SQLite ≥ 3.35).
         claimed = db.session.execute(
-            table.update()
-            .where(table.c.code_hash == code_hash, table.c.client_pk == client.id,
-                   table.c.used_at.is_(None), table.c.expires_at > current)
-            .values(used_at=current)
-        ).rowcount
-        if claimed == 1:
-            return db.session.get(AuthorizationCode, code_hash)
+            _CLAIM_CODE, {"b_code": code_hash, "b_client": client.id, "b_now": current}).scalar_one_or_none()
+        if claimed is not None:
+            return claimed
         used = db.session.scalar(sa.select(table.c.used_at).where(table.c.code_hash == code_hash,
                                                                   table.c.client_pk == client.id))
         if used is not None:
@@ -156,7 +176,7 @@ class CodeGrant(AuthorizationCodeGrant):
         pass  # already marked used when claimed; kept for reuse detection until purged
 
     def authenticate_user(self, authorization_code: AuthorizationCode) -> Principal | None:
-        record = db.session.get(UserSession, authorization_code.session_id)
+        record = _session_with_user(authorization_code.session_id)
         if not _session_alive(record, now()):
             return None
         return Principal(record.user, record)
@@ -199,8 +219,10 @@ class RotatingRefreshGrant(RefreshTokenGrant):
             return None
         if row.revoked_at is not None or row.refresh_expires_at is None or row.refresh_expires_at <= current:
             return None
-        if not _session_alive(db.session.get(UserSession, row.session_id), current):
+        record = _session_with_user(row.session_id)
+        if not _session_alive(record, current):
             return None  # the portal session ended: so did the application's right to refresh
+        self._portal_session = record  # authenticate_user needs it next: no second load
         table = Token.__table__
         claimed = db.session.execute(
             table.update().where(table.c.id == row.id, table.c.rotated_at.is_(None)).values(rotated_at=current)
@@ -210,7 +232,7 @@ class RotatingRefreshGrant(RefreshTokenGrant):
         return row
 
     def authenticate_user(self, refresh_token: Token) -> Principal | None:
-        record = db.session.get(UserSession, refresh_token.session_id)
+        record = getattr(self, "_portal_session", None) or _session_with_user(refresh_token.session_id)
         current = now()
         if not _session_alive(record, current):
             return None
@@ -405,8 +427,14 @@ def _expires_in(client, grant_type: str) -> int:
     return ACCESS_TOKEN_SECONDS
 
 
+def _random_token(*_args, **_kwargs) -> str:
+    # 256 bits from the OS in one call (authlib's default draws one character at a time).
+    return secrets.token_urlsafe(32)
+
+
 def init_provider(app: Flask) -> PortalAuthorizationServer:
-    app.config.setdefault("OAUTH2_REFRESH_TOKEN_GENERATOR", True)
+    app.config.setdefault("OAUTH2_ACCESS_TOKEN_GENERATOR", _random_token)
+    app.config.setdefault("OAUTH2_REFRESH_TOKEN_GENERATOR", _random_token)
     app.config.setdefault("OAUTH2_TOKEN_EXPIRES_IN", {"authorization_code": ACCESS_TOKEN_SECONDS,
                                                       "refresh_token": ACCESS_TOKEN_SECONDS})
     server = PortalAuthorizationServer(app, query_client=query_client, save_token=save_token)
