@@ -359,6 +359,13 @@ def establishment_json(establishment: Establishment | sa.Row) -> dict[str, objec
 SEARCH_RATE_LIMIT = "30 per second;600 per minute"
 
 
+def search_rate_limit() -> str:
+    """The limit of the autocomplete (app.config may lower it, e.g. in a test)."""
+    from flask import current_app
+
+    return current_app.config.get("ENRS_SEARCH_RATE_LIMIT", SEARCH_RATE_LIMIT)
+
+
 def _json_error(status: int, title: str, message: str):
     return jsonify(error=title, message=message), status
 
@@ -380,7 +387,7 @@ def _requested_limit(raw: str | None) -> int:
 
 
 @bp.get("/api/establishments")
-@limiter.limit(SEARCH_RATE_LIMIT)
+@limiter.limit(search_rate_limit)
 def api_search_establishments():
     if not _query_string_is_utf8():
         return _json_error(400, "Requête invalide", "La recherche contient des caractères illisibles (encodage UTF-8 attendu).")
@@ -389,7 +396,7 @@ def api_search_establishments():
 
 
 @bp.get("/api/establishments/<finess>")
-@limiter.limit(SEARCH_RATE_LIMIT)
+@limiter.limit(search_rate_limit)
 def api_get_establishment(finess: str):
     if not is_valid_finess(finess.strip().upper()):
         return _json_error(404, "Établissement introuvable", "Ce numéro FINESS n'est pas valide (9 caractères, clé de contrôle).")

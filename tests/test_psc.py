@@ -424,3 +424,12 @@ def test_forms_that_lead_to_psc_are_allowed_by_the_page_policy(portal, fake_psc,
     assert issuer_origin in client.get("/account/").headers["Content-Security-Policy"], "logout goes to PSC's issuer"
     assert f"http://localhost:{fake_psc.port}" in client.get("/psc/").headers["Content-Security-Policy"], \
         "linking goes to PSC's login host"
+
+
+def test_psc_going_down_after_a_first_use_shows_the_message_too(portal, fake_psc):
+    client = portal.test_client()
+    start(client)
+    fake_psc.fail_discovery = True
+    response = client.get("/psc/login")
+    assert response.headers["Location"] == "/login"
+    assert "momentanément indisponible" in flash_after(client, response)

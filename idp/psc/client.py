@@ -26,6 +26,10 @@ from portal.config import Settings
 
 HTTP_TIMEOUT_SECONDS = 8
 METADATA_CACHE_SECONDS = 3600
+# Starting a login re-reads the discovery document (one small GET per login start, a
+# user's click, not a hot path): PSC unreachable then shows as a French message instead
+# of a browser error on PSC's own page.
+LIVENESS_SECONDS = 0
 CLOCK_SKEW_SECONDS = 60
 ACCEPTED_ACR = ("eidas1", "eidas2", "eidas3")
 ASYMMETRIC_ALGS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512"]
@@ -145,9 +149,11 @@ class PscClient:
 
     # -- metadata and keys --------------------------------------------------------------
 
-    def metadata(self) -> dict:
+    def metadata(self, max_age: float = METADATA_CACHE_SECONDS) -> dict:
+        """PSC's discovery document. The flows use the long-lived copy; the start of a
+        login asks for a fresh one (max_age) so that an outage shows at once."""
         cached = self._metadata
-        if cached and time.monotonic() - cached[0] < METADATA_CACHE_SECONDS:
+        if cached and time.monotonic() - cached[0] < max_age:
             return cached[1]
         try:
             response = self.http.get(self.settings.psc_discovery_url, timeout=HTTP_TIMEOUT_SECONDS)
@@ -204,7 +210,7 @@ class PscClient:
         params = {"response_type": "code", "client_id": self.client_id, "redirect_uri": redirect_uri,
                   "scope": SCOPE, "acr_values": "eidas1", "state": state, "nonce": nonce,
                   "code_challenge": code_challenge, "code_challenge_method": "S256"}
-        endpoint = self.metadata()["authorization_endpoint"]
+        endpoint = self.metadata(max_age=LIVENESS_SECONDS)["authorization_endpoint"]
         return endpoint + ("&" if "?" in endpoint else "?") + urlencode(params)
 
     def exchange(self, *, code: str, redirect_uri: str, code_verifier: str) -> dict:

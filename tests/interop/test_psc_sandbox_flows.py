@@ -411,14 +411,8 @@ def test_psc_down_shows_a_french_message_and_the_password_login(outage):
 
 def test_psc_down_after_the_portal_has_used_it_shows_the_message_too(outage):
     browser = PscBrowser(outage.portal)
-    with outage.psc_up() as sandbox:
+    with outage.psc_up():
         browser.start()  # the portal has read PSC's metadata while PSC was up
     response = browser.get("/psc/login")
-    if response.status_code == 303 and response.headers["Location"].startswith(sandbox.authorization_endpoint):
-        # Reported, not worked around: PscClient keeps PSC's discovery document for an hour
-        # (METADATA_CACHE_SECONDS), so /psc/login sends the browser to PSC's unreachable login
-        # page instead of the French message. Only this exact behaviour is expected to fail.
-        pytest.xfail("portal: with PSC down after a first use, /psc/login redirects to PSC's login page "
-                     "(metadata cached for an hour) instead of showing 'momentanément indisponible'")
     assert path_of(response) == "/login", f"sent to {response.headers.get('Location')}"
     assert UNAVAILABLE in browser.shown_after(response)
