@@ -93,5 +93,15 @@ $(INTEROP_MODULES): tests/interop/package.json tests/interop/package-lock.json
 interop: $(STAMP) $(INTEROP_MODULES) $(PSC_MODULES)
 	$(BIN)/python -m pytest -q tests/interop $(INTEROP_ARGS)
 
+# The fault suite (docs/faults.md): the production shape (gunicorn 2 workers × 4 threads and
+# `enrs worker`) on its own PostgreSQL database, redis-server, loopback SMTP server and store;
+# each test breaks one of them under a load of logins and uploads, then checks what people saw
+# and that nothing acknowledged was lost. Restarts this machine's PostgreSQL once (and leaves
+# it running). FAULTS_ARGS passes options to pytest (e.g. -k redis).
+.PHONY: faults
+FAULTS_ARGS ?=
+faults: $(STAMP)
+	$(BIN)/python -m pytest -q -rxs tests/faults $(FAULTS_ARGS)
+
 clean:
 	rm -rf $(VENV) instance .pytest_cache bench/results
