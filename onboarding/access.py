@@ -3,6 +3,7 @@ establishments with the attestation signed by the director; J6: a regional admin
 establishment's département reviews it and grants the role."""
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 
 import sqlalchemy as sa
@@ -32,9 +33,10 @@ from portal.config import current_settings
 from portal.db import db
 from portal.mail import queue_mail
 from portal.security import external_url, limiter
-from portal.storage import store_for, stored_until_committed
+from portal.storage import StorageError, store_for, stored_until_committed
 
 bp = Blueprint("access", __name__, url_prefix="/access")
+log = logging.getLogger("enrs.access_requests")
 
 # The attestation may be 12 MiB; a larger one must still reach the view so that the form
 # comes back with a French message and everything typed, instead of a bare 413.
@@ -130,7 +132,20 @@ def request_ror():
         session.rollback()
         flash("Votre demande a déjà été enregistrée.", "success")
         return redirect(url_for("access.my_requests"), code=303)
-    send_admin_digests(session)
+    except (StorageError, OSError):
+        # The store refuses writes (full, read-only, unreachable): nothing was kept, the
+        # form comes back with a message about the file (the file itself must be sent again).
+        session.rollback()
+        log.exception("attestation store refused an upload")
+        errors["attestation"] = ("Le dépôt de votre attestation n'a pas pu être enregistré. Réessayez dans quelques "
+                                 "instants ; vos autres informations sont conservées.")
+        return _form_page(form, errors, 422)
+    try:
+        send_admin_digests(session)
+    except Exception:
+        # The request is committed and acknowledged; the digest is retried by the worker.
+        session.rollback()
+        log.exception("admin digest after an access request failed; the worker will send it")
     return redirect(url_for("access.thanks"), code=303)
 
 

@@ -25,6 +25,7 @@ ERROR_PAGES = {
     413: ("Fichier trop volumineux", "Le fichier ou le formulaire envoyé dépasse la taille autorisée (12 Mo pour un fichier)."),
     429: ("Trop de tentatives", "Vous avez effectué trop de tentatives. Patientez quelques minutes avant de réessayer."),
     500: ("Erreur interne", "Une erreur inattendue est survenue. L'équipe du portail a été prévenue ; réessayez dans quelques instants."),
+    503: ("Service momentanément indisponible", "Le portail ne peut pas traiter votre demande pour le moment. Réessayez dans quelques instants : ce que vous avez déjà envoyé et qui a été confirmé est conservé."),
 }
 
 # An attestation may be 12 MiB; the rest of the multipart form needs a little room.
@@ -211,13 +212,46 @@ def _register_error_pages(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
+        from flask import g
+        from sqlalchemy.exc import DBAPIError
+
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
-        db.session.rollback()
-        return render_error(500)
+        unavailable = isinstance(exc, DBAPIError) and exc.connection_invalidated or _is_connection_error(exc)
+        try:
+            db.session.rollback()
+        except Exception:
+            pass
+        # The page must render without the database: no user menu, no console counts
+        # (the rollback expired the user, whose attributes would need the database).
+        g.user = None
+        g.user_session = None
+        code = 503 if unavailable else 500
+        try:
+            response = render_error(code)
+        except Exception:
+            title, text = ERROR_PAGES[code]
+            response = (f'<!doctype html><html lang="fr"><meta charset="utf-8"><title>{title}</title>'
+                        f'<h1 id="titre-erreur">{title}</h1><p>{text}</p><p>Code d\'erreur : {code}</p>', code)
+        if unavailable:
+            body, status = response
+            return body, status, {"Retry-After": "10"}
+        return response
 
     @app.errorhandler(429)
     def _too_many(exc: HTTPException):
         return render_error(429)
+
+
+def _is_connection_error(exc: Exception) -> bool:
+    """The database is unreachable or went away (restart, failover): a 503, not a bug."""
+    from sqlalchemy.exc import DBAPIError, OperationalError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    if isinstance(exc, PoolTimeout):
+        return True
+    if isinstance(exc, OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 def _register_template_globals(app: Flask, settings: Settings) -> None:

@@ -260,7 +260,8 @@ def _serve_with_gunicorn(host: str, port: int, workers: int, threads: int) -> No
     class Portal(BaseApplication):
         def load_config(self) -> None:
             for name in ("worker_class", "timeout", "graceful_timeout", "keepalive", "forwarded_allow_ips",
-                         "accesslog", "errorlog", "max_requests", "max_requests_jitter", "child_exit"):
+                         "accesslog", "errorlog", "max_requests", "max_requests_jitter", "child_exit",
+                         "control_socket_disable"):
                 self.cfg.set(name, getattr(gunicorn_conf, name))
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)

@@ -25,6 +25,9 @@ keepalive = 5
 forwarded_allow_ips = os.environ.get("ENRS_PROXY_IPS", "127.0.0.1")
 accesslog = None  # the app writes one JSON line per request itself (with its request id)
 errorlog = "-"
+# gunicorn 27's control socket lives at one path per user: several masters on a machine
+# would overwrite each other's; the portal does not use it.
+control_socket_disable = True
 max_requests = 5000  # recycle workers now and then: bounded memory over weeks
 max_requests_jitter = 500
 # Prometheus counters of every worker add up in this folder (prometheus-client's

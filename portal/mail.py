@@ -15,6 +15,7 @@ import smtplib
 import ssl
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import policy as email_policy
@@ -287,9 +288,9 @@ def deliver(ids: Iterable[int] | None = None, limit: int = 200) -> DeliveryRepor
                     report.failed += 1
                     MAILS.labels("failed").inc()
                 else:
-                    _mark_sent(session, message)
                     report.sent += 1
                     MAILS.labels("sent").inc()
+                    _mark_sent(session, message)
         finally:
             transport.close()
     finally:
@@ -318,12 +319,30 @@ def _claim(session: Session, message_id: int) -> OutboxMessage | None:
     return session.get(OutboxMessage, message_id, populate_existing=True)
 
 
+# After the SMTP server accepted a message, recording it as sent is retried this long:
+# a database restart of a few seconds must not make the message go out twice.
+MARK_SENT_RETRY_SECONDS = 60
+
+
 def _mark_sent(session: Session, message: OutboxMessage) -> None:
-    message.status = "sent"
-    message.sent_at = now()
-    message.claimed_until = None
-    message.last_error = None
-    session.commit()
+    message_id, sent_at = message.id, now()
+    deadline = time.monotonic() + MARK_SENT_RETRY_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            session.execute(sa.update(OutboxMessage).where(OutboxMessage.id == message_id)
+                            .values(status="sent", sent_at=sent_at, claimed_until=None, last_error=None))
+            session.commit()
+            return
+        except sa.exc.OperationalError:
+            session.rollback()
+            if time.monotonic() > deadline:
+                # Its claim will expire and it will be sent again, with the same Message-ID.
+                log.error("mail %s was sent but could not be recorded as sent", message_id)
+                raise
+            log.warning("mail %s sent; the database is away, recording it again in %.1f s", message_id, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5)
 
 
 def _release(session: Session, message: OutboxMessage, exc: Exception) -> None:

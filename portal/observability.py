@@ -3,7 +3,8 @@ metrics, and the health endpoints a load balancer probes.
 
 - /healthz: the process answers (no dependency checked: a restart would not help).
 - /readyz: the database, Redis (when configured) and the attestation store answer;
-  JSON detail without secrets; 503 when one does not, so the proxy stops sending traffic.
+  JSON detail without secrets; 503 only when the database does not ("degraded", 200, when
+  Redis or the store is down: the process still serves everything else).
 - /metrics: Prometheus text format, allowed from ENRS_METRICS_ALLOW addresses and/or with
   the ENRS_METRICS_TOKEN bearer. Under gunicorn, PROMETHEUS_MULTIPROC_DIR makes every
   worker's counters add up (see portal/gunicorn_conf.py).
@@ -264,8 +265,13 @@ def init_app(app: Flask) -> None:
     @app.get("/readyz")
     def readyz():
         checks = readiness(app)
-        ready = all(check["ok"] for check in checks)
-        return jsonify(status="ready" if ready else "unavailable", checks=checks), 200 if ready else 503
+        # Only the database makes a process useless: without Redis the limits fall back to
+        # memory, without the store only uploads fail (with a message). Taking every process
+        # out of the proxy's rotation for those would turn a partial outage into a total one.
+        database_ok = all(c["ok"] for c in checks if c["name"] == "database")
+        everything_ok = all(c["ok"] for c in checks)
+        status = "ready" if everything_ok else "degraded" if database_ok else "unavailable"
+        return jsonify(status=status, checks=checks), 200 if database_ok else 503
 
     @app.get("/metrics")
     def metrics():

@@ -334,3 +334,18 @@ def test_enrs_access_digest_runs_from_the_command_line(portal, professional, mai
     monkeypatch.setattr(enrs, "_app", portal)
     result = CliRunner().invoke(enrs.main, ["access", "digest"])
     assert result.exit_code == 0 and "1 administrateur(s) prévenu(s)." in result.output
+
+
+
+def test_when_the_store_refuses_writes_the_form_comes_back_with_a_french_message(portal, professional, tmp_path):
+    from portal.storage import FileStore
+
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("x")
+    portal.extensions["enrs.storage"] = FileStore(blocked / "attestations")
+    response = submit(portal, professional, png_image(800, 600), "photo.png", request_type="lits_new")
+    assert response.status_code == 422
+    html = response.get_data(as_text=True)
+    assert "Le dépôt de votre attestation n'a pas pu être enregistré" in html.replace("&#39;", "'")
+    assert re.search(r'value="lits_new"[^>]*checked', html)  # nothing typed is lost
+    assert requests_of(portal) == []

@@ -155,3 +155,46 @@ def test_enrs_mail_deliver_retries_the_outbox(app_env, smtp_server, mailbox, clo
     assert result.exit_code == 0, result.output
     assert "1 envoyé(s), 0 en échec" in result.output
     assert mailbox.to("cli@esante-test.fr")
+
+
+def test_a_message_sent_while_the_database_blinks_is_recorded_once_it_is_back(app, mailbox, monkeypatch):
+    """The SMTP server took the message, then the database went away for a moment:
+    recording it as sent is retried, so it will not go out a second time."""
+    from sqlalchemy.orm import Session
+
+    import portal.mail as mail
+    from portal.db import db
+    from portal.mail import OutboxMessage, deliver, queue_mail
+
+    with app.app_context():
+        queue_mail(db.session, "blink@esante-test.fr", "Essai", "test_message", portal_name="Test")
+        db.session.info.pop("enrs_outbox")
+        db.session.commit()
+        original = Session.commit
+        failures = {"left": 2}
+
+        def flaky_commit(self):
+            if failures["left"] and self.info.get("marking"):
+                failures["left"] -= 1
+                raise sa.exc.OperationalError("COMMIT", {}, Exception("server closed the connection"))
+            return original(self)
+
+        real_mark = mail._mark_sent
+
+        def marking(session, message):
+            session.info["marking"] = True
+            try:
+                real_mark(session, message)
+            finally:
+                session.info.pop("marking", None)
+
+        monkeypatch.setattr(Session, "commit", flaky_commit)
+        monkeypatch.setattr(mail, "_mark_sent", marking)
+        monkeypatch.setattr(mail.time, "sleep", lambda seconds: None)
+        assert deliver().sent == 1
+        monkeypatch.setattr(Session, "commit", original)
+        assert failures["left"] == 0
+        status = db.session.scalar(sa.select(OutboxMessage.status).where(
+            OutboxMessage.recipient == "blink@esante-test.fr"))
+        assert status == "sent"
+    assert len(mailbox.to("blink@esante-test.fr")) == 1

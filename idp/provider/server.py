@@ -462,9 +462,13 @@ def _allow_forms_to_lead_to_applications(response):
 
     from portal.security import origin_of
 
-    if request.endpoint in FORMS_LEADING_TO_APPLICATIONS and response.mimetype == "text/html":
-        rows = db.session.execute(sa.select(Client.redirect_uris, Client.post_logout_redirect_uris)
-                                  .where(Client.disabled_at.is_(None))).all()
+    if (request.endpoint in FORMS_LEADING_TO_APPLICATIONS and response.mimetype == "text/html"
+            and response.status_code < 500):
+        try:
+            rows = db.session.execute(sa.select(Client.redirect_uris, Client.post_logout_redirect_uris)
+                                      .where(Client.disabled_at.is_(None))).all()
+        except sa.exc.SQLAlchemyError:
+            return response  # the database is away: the strict policy stands
         origins = {origin_of(uri) for redirects, logouts in rows for uri in [*redirects, *logouts]}
         g.form_action_origins = sorted(o for o in origins if o)
     return response

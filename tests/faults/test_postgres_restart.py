@@ -92,12 +92,6 @@ def test_people_see_errors_on_the_french_error_page_while_the_database_is_away(o
     assert all(h.status in (500, 503) for h in errors), {h.status for h in errors}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING: a logged-in person whose request loses the database half-way gets gunicorn's bare English "
-    "'Internal Server Error' page, not the portal's: portal/app.py _unexpected() rolls the session back, which "
-    "expires g.user; rendering errors/error.html then runs the context processor _console_counts "
-    "(portal/admin/__init__.py: user.is_admin) and base.html (current_user.is_admin), whose lazy load needs "
-    "the database that is away, so the error handler itself raises and the exception escapes Flask"))
 def test_a_request_that_loses_the_database_half_way_gets_the_french_error_page(outcome):
     notes = outcome.notes
     if notes["aimed_at_worker"] is None:
@@ -129,11 +123,6 @@ def test_nothing_acknowledged_is_lost(outcome):
     assert_none(problems, "emails not delivered", outcome)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING: an email the SMTP server accepted while PostgreSQL stopped is sent a second time (same "
-    "Message-ID) once its claim expires: portal/mail.py deliver() claims the row (status 'sending'), sends, "
-    "then _mark_sent() cannot commit; the row stays 'sending' and is delivered again CLAIM_SECONDS (2 min) "
-    "later. At-least-once delivery: relays and mailboxes do not reliably drop the duplicate"))
 def test_no_email_twice(outcome):
     if outcome.notes["email_held"] is None:
         pytest.skip("no email was in the middle of its delivery when PostgreSQL stopped")

@@ -59,12 +59,6 @@ def test_no_traceback_and_only_the_french_error_page(outcome):
     assert_none(outcome.driver_errors(), "the load driver failed", outcome)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING: an upload while the store refuses writes gets HTTP 500 and the generic 'Erreur interne' page "
-    "(the form and its captcha are lost), not a message about the file: onboarding/access.py request_ror() "
-    "does not catch portal.storage.StorageError (nor the PermissionError of FileStore._reserve), although "
-    "docs/uploads.md shows the view answering « Le dépôt n'a pas pu être enregistré. Réessayez dans quelques "
-    "instants. »"))
 def test_uploads_refused_with_a_clear_french_message_about_the_file(outcome):
     refused = refused_uploads(outcome)
     assert refused
