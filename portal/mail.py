@@ -135,12 +135,7 @@ def _run_periodic(app: Flask) -> None:
     """Other packages' periodic jobs (e.g. the admins' digest), registered in
     app.extensions["enrs.periodic"], run by the sweep of `enrs serve`."""
     for job in app.extensions.get("enrs.periodic", []):
-        try:
-            job()
-        except Exception:
-            log.exception("periodic job %s failed", getattr(job, "__name__", job))
-        finally:
-            db.session.rollback()
+        run_job(job)
 
 
 def _deliver_quietly(ids: list[int] | None) -> None:
@@ -150,11 +145,15 @@ def _deliver_quietly(ids: list[int] | None) -> None:
         log.exception("immediate delivery failed; messages stay in the outbox")
 
 
-def _run_job(job: Callable[[], object]) -> None:
+def run_job(job: Callable[[], object]) -> bool:
+    """Run one background job in the current app context; a failure is logged, not raised
+    (the next round retries). Returns whether it succeeded."""
     try:
         job()
+        return True
     except Exception:
         log.exception("background job %s failed", getattr(job, "__name__", job))
+        return False
     finally:
         db.session.rollback()
 
@@ -202,7 +201,7 @@ class DeliveryThread:
             try:
                 with self.app.app_context():
                     if callable(ids):
-                        _run_job(ids)
+                        run_job(ids)
                     else:
                         _deliver_quietly(ids)
                     if ids is None:

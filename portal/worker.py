@@ -36,20 +36,11 @@ def every(seconds: float, job: Callable[[], object]) -> Callable[[], object]:
 
 
 def run_once(app: Flask) -> dict:
-    from portal.db import db
-    from portal.mail import deliver
+    from portal.mail import deliver, run_job
 
     with app.app_context():
         report = deliver()
-        failures = 0
-        for job in app.extensions.get("enrs.periodic", []):
-            try:
-                job()
-            except Exception:
-                failures += 1
-                log.exception("periodic job %s failed", getattr(job, "__name__", job))
-            finally:
-                db.session.rollback()
+        failures = sum(not run_job(job) for job in app.extensions.get("enrs.periodic", []))
     return {"mail_sent": report.sent, "mail_failed": report.failed, "job_failures": failures}
 
 

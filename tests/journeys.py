@@ -100,3 +100,17 @@ def accept_cgu_if_asked(client, response):
         next_value = field_value(page, "next") or ""
         return client.post("/account/cgu", data={"csrf_token": csrf(page), "accept": "y", "next": next_value})
     return response
+
+
+def seed_doctor(app, email: str = "nathalie.dupont@esante-test.fr", password: str = "Hopital-Dreux-2026") -> None:
+    """The demo establishments, and Nathalie Dupont, an active doctor at FINESS 280503848:
+    the starting point of most journeys."""
+    from onboarding.accounts import create_professional
+    from onboarding.finess import load_demo_establishments
+    from portal.db import db
+
+    with app.app_context():
+        load_demo_establishments(db.session)
+        create_professional(db.session, email=email, password=password, first_name="Nathalie", last_name="Dupont",
+                            profession="10", finess="280503848")
+        db.session.commit()

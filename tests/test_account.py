@@ -7,7 +7,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import body_text
-from tests.journeys import csrf, error_for, field_value, link_in, login, path_of
+from tests.journeys import csrf, error_for, field_value, link_in, login, path_of, seed_doctor
 
 PASSWORD = "Hopital-Dreux-2026"
 EMAIL = "nathalie.dupont@esante-test.fr"
@@ -15,15 +15,7 @@ EMAIL = "nathalie.dupont@esante-test.fr"
 
 @pytest.fixture
 def portal(app):
-    from onboarding.accounts import create_professional
-    from onboarding.finess import load_demo_establishments
-    from portal.db import db
-
-    with app.app_context():
-        load_demo_establishments(db.session)
-        create_professional(db.session, email=EMAIL, password=PASSWORD, first_name="Nathalie", last_name="Dupont",
-                            profession="10", finess="280503848")
-        db.session.commit()
+    seed_doctor(app, EMAIL, PASSWORD)
     return app
 
 

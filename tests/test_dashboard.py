@@ -11,7 +11,7 @@ from urllib.parse import parse_qsl, urlsplit
 import pytest
 import sqlalchemy as sa
 
-from tests.journeys import csrf, login
+from tests.journeys import csrf, login, seed_doctor
 
 PASSWORD = "Hopital-Dreux-2026"
 EMAIL = "nathalie.dupont@esante-test.fr"
@@ -42,15 +42,7 @@ def grant_role(app, email: str, role: str) -> None:
 
 @pytest.fixture
 def portal(app):
-    from onboarding.accounts import create_professional
-    from onboarding.finess import load_demo_establishments
-    from portal.db import db
-
-    with app.app_context():
-        load_demo_establishments(db.session)
-        create_professional(db.session, email=EMAIL, password=PASSWORD, first_name="Nathalie", last_name="Dupont",
-                            profession="10", finess="280503848")
-        db.session.commit()
+    seed_doctor(app, EMAIL, PASSWORD)
     app.ror = register_app(app, "ROR Centre-Val de Loire", client_id="ror-cvl", icon="ror",
                            description="Répertoire Opérationnel des Ressources",
                            redirect_uris=["https://ror.esante-test.fr/oidc/callback"],

@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import sqlalchemy as sa
 
-from tests.journeys import captcha_answer, csrf, field_value, link_in, login, path_of, registration_data
+from tests.journeys import captcha_answer, csrf, field_value, link_in, login, path_of, registration_data, seed_doctor
 from tests.psc_fake import DOCTOR, FakePsc
 
 PASSWORD = "Hopital-Dreux-2026"
@@ -32,15 +32,7 @@ def app_env(app_env, fake_psc):
 
 @pytest.fixture
 def portal(app):
-    from onboarding.accounts import create_professional
-    from onboarding.finess import load_demo_establishments
-    from portal.db import db
-
-    with app.app_context():
-        load_demo_establishments(db.session)
-        create_professional(db.session, email=EMAIL, password=PASSWORD, first_name="Nathalie", last_name="Dupont",
-                            profession="10", finess="280503848")
-        db.session.commit()
+    seed_doctor(app, EMAIL, PASSWORD)
     return app
 
 

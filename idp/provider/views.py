@@ -98,7 +98,7 @@ def jwks():
 # -- authorization ----------------------------------------------------------------------
 
 def _error_page(title: str, text: str, status: int = 400):
-    return render_template("oidc/error.html", title=title, text=text), status
+    return render_template("errors/error.html", code=status, title=title, text=text), status
 
 
 def _redirect_error(error: OAuth2Error):
