@@ -59,3 +59,21 @@ def register(main: click.Group, with_app: Callable, command_error: type[click.Cl
         from portal.db import db
 
         click.echo(f"{send_admin_digests(db.session)} administrateur(s) prévenu(s).")
+
+    @access_group.command("sweep")
+    @click.option("--older-than", default=3600, show_default=True, type=int,
+                  help="seconds: files younger than this may belong to an upload in progress")
+    @with_app
+    def access_sweep(older_than: int) -> None:
+        """Remove attestation files no request refers to (left by a process killed mid-upload).
+        The worker does it hourly for files older than an hour."""
+        from datetime import datetime, timedelta, timezone
+
+        from onboarding.maintenance import sweep_orphan_attestations
+        from portal.db import db
+        from portal.storage import store_for
+
+        removed = sweep_orphan_attestations(db.session, store_for(),
+                                            datetime.now(timezone.utc) - timedelta(seconds=older_than))
+        db.session.commit()
+        click.echo(f"{removed} fichier(s) orphelin(s) supprimé(s).")

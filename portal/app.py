@@ -142,8 +142,11 @@ def _register_purges(app: Flask) -> None:
     retention = app.extensions["enrs.settings"].audit_retention_days
 
     def purge_all() -> None:
+        from portal.storage import store_for
+
         counts = {**idp_maintenance.purge(db.session), **onboarding_maintenance.purge(db.session),
-                  "audit_entries": audit.purge_older_than(db.session, retention)}
+                  "audit_entries": audit.purge_older_than(db.session, retention),
+                  "orphan_files": onboarding_maintenance.sweep_orphan_attestations(db.session, store_for(app))}
         db.session.commit()
         if any(counts.values()):
             logging.getLogger("enrs.worker").info("purge", extra={"fields": {"event": "purge", **counts}})

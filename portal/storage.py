@@ -209,6 +209,25 @@ class FileStore:
     def exists(self, key: str) -> bool:
         return self.path_of(key).is_file()
 
+    def stale_entries(self, older_than: datetime) -> Iterator[tuple[str, bool]]:
+        """(key or temporary name, is_temporary) of what was written before `older_than`:
+        the candidates of the orphan sweep (a process killed mid-upload leaves them)."""
+        limit = older_than.timestamp()
+        if not self.root.is_dir():
+            return
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for path in folder.iterdir():
+                try:
+                    if path.stat().st_mtime >= limit:
+                        continue
+                except FileNotFoundError:
+                    continue
+                temporary = path.name.startswith(".upload-")
+                yield (str(path) if temporary else f"{folder.name}/{path.name}"), temporary
+
+    def remove_temporary(self, name: str) -> None:
+        _unlink_quietly(Path(name))
+
 
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -291,6 +310,18 @@ class S3Store:
 
     def object_name(self, key: str) -> str:
         return self.prefix + check_key(key)
+
+    def stale_entries(self, older_than: datetime) -> Iterator[tuple[str, bool]]:
+        """Keys of objects written before `older_than` (a single PUT leaves no partial
+        object: nothing temporary here)."""
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            for item in page.get("Contents", []):
+                if item["LastModified"] < older_than:
+                    yield item["Key"][len(self.prefix):], False
+
+    def remove_temporary(self, name: str) -> None:
+        pass
 
     def check(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)

@@ -349,3 +349,27 @@ def test_when_the_store_refuses_writes_the_form_comes_back_with_a_french_message
     assert "Le dépôt de votre attestation n'a pas pu être enregistré" in html.replace("&#39;", "'")
     assert re.search(r'value="lits_new"[^>]*checked', html)  # nothing typed is lost
     assert requests_of(portal) == []
+
+
+def test_files_left_by_a_killed_upload_are_swept_and_attestations_kept(portal, professional, tmp_path):
+    """A process killed between writing the file and committing its row leaves an
+    orphan (and maybe a temporary file): the sweep removes them, never a referenced one."""
+    from datetime import datetime, timedelta, timezone
+
+    from onboarding.maintenance import sweep_orphan_attestations
+    from portal.db import db
+    from portal.storage import store_for
+
+    assert submit(portal, professional, png_image(800, 600), "photo.png").status_code == 303
+    store = store_for(portal)
+    orphan = store.put(io.BytesIO(b"%PDF-1.7 orphan"))
+    temporary = store.path_of(orphan.key).parent / ".upload-dead.part"
+    temporary.write_bytes(b"half")
+    [kept] = requests_of(portal)
+    with portal.app_context():
+        assert sweep_orphan_attestations(db.session, store) == 0, "too young: maybe an upload in progress"
+        later = datetime.now(timezone.utc) + timedelta(seconds=5)
+        assert sweep_orphan_attestations(db.session, store, later) == 2
+        db.session.commit()
+    assert not store.exists(orphan.key) and not temporary.exists()
+    assert store.exists(kept.attestation_key)
