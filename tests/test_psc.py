@@ -425,3 +425,34 @@ def test_psc_going_down_after_a_first_use_shows_the_message_too(portal, fake_psc
     response = client.get("/psc/login")
     assert response.headers["Location"] == "/login"
     assert "momentanément indisponible" in flash_after(client, response)
+
+
+def test_tls_client_auth_presents_the_certificate_and_no_secret(app_env, fake_psc, clock, tmp_path):
+    """PSC's production clients may authenticate with a certificate (tls_client_auth):
+    the configured PEM pair is presented and no secret is sent."""
+    from portal.app import create_app
+
+    cert, key = tmp_path / "client.pem", tmp_path / "client.key"
+    cert.write_text("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")
+    key.write_text("-----BEGIN PRIVATE KEY-----\n-----END PRIVATE KEY-----\n")
+    env = {**app_env, "ENRS_PSC_AUTH_METHOD": "tls_client_auth", "ENRS_PSC_CLIENT_CERT": str(cert),
+           "ENRS_PSC_CLIENT_KEY": str(key)}
+    env.pop("ENRS_PSC_CLIENT_SECRET")
+    app = create_app(env, clock=clock)
+    with app.test_request_context():
+        from idp.psc.client import PscError, psc_client
+
+        client = psc_client()
+        assert client.http.cert == (str(cert), str(key))
+        with pytest.raises(PscError):  # the fake PSC speaks plain HTTP and wants a secret: refused
+            client.exchange(code="c", redirect_uri="http://localhost/psc/callback", code_verifier="v" * 43)
+    sent = fake_psc.token_requests[-1]
+    assert sent["client_id"] == "portail-enrs" and "client_secret" not in sent and sent["authorization"] is None
+    app.extensions["enrs.db"]["engine"].dispose()
+
+
+def test_tls_client_auth_needs_readable_pem_files(app_env, fake_psc):
+    from portal.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="ENRS_PSC_CLIENT_CERT"):
+        load_settings({**app_env, "ENRS_PSC_AUTH_METHOD": "tls_client_auth"})
