@@ -1,0 +1,46 @@
+"""Argon2id verifications per second with the portal's parameters, on every core: N
+processes (one per core) start together and count for the same seconds; the sum is the
+machine's rate, what a login's password check is bounded by.
+
+    python -m bench.load.argon2_rate START_AT SECONDS   (one process: prints its rate)
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from bench.load.setup import REPO
+
+
+def machine_rate(processes: int, seconds: float = 5.0) -> dict[str, object]:
+    start_at = time.time() + 3.0  # every process has imported argon2 and hashed once by then
+    children = [subprocess.Popen([sys.executable, "-m", "bench.load.argon2_rate", str(start_at), str(seconds)],
+                                 cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    rates, cpu = [], []
+    for child in children:
+        output, _ = child.communicate(timeout=seconds + 60)
+        if child.returncode != 0:
+            raise RuntimeError(f"argon2 rate process failed ({child.returncode})")
+        rate, cpu_per_hash = (float(value) for value in output.split())
+        rates.append(rate)
+        cpu.append(cpu_per_hash)
+    # CPU seconds per verification (all of argon2's lane threads): what a login costs
+    # whatever else the machine runs, unlike the rate, which other processes lower.
+    return {"processes": processes, "per_process": [round(r, 3) for r in rates], "total": round(sum(rates), 3),
+            "cpu_seconds_per_hash": round(sum(cpu) / len(cpu), 4)}
+
+
+def _one(start_at: float, seconds: float) -> tuple[float, float]:
+    from bench.login import hash_rate
+
+    hash_rate(0.01)  # imports and a first hash outside the window
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu_started, wall_started = time.process_time(), time.perf_counter()
+    rate = hash_rate(seconds)
+    hashes = rate * (time.perf_counter() - wall_started)
+    return rate, (time.process_time() - cpu_started) / max(hashes, 1)
+
+
+if __name__ == "__main__":
+    print(*_one(float(sys.argv[1]), float(sys.argv[2])))

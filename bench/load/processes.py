@@ -1,0 +1,144 @@
+"""The served portal (`enrs serve --prod`, gunicorn) and `enrs worker` as processes of
+their own, and what `ps` would tell about them: resident memory and CPU time, read from
+/proc (Linux) so that sampling every second costs nothing."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.load.setup import REPO, enrs_command, process_env
+
+READY_TIMEOUT = 60.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as handle:
+                found.extend(int(child) for child in handle.read().split())
+    except OSError:
+        pass
+    return sorted(set(found))
+
+
+def rss_kib(pid: int) -> tuple[int, int] | None:
+    """(VmRSS, VmHWM) in KiB: the resident set now, and its peak over the process's life."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            fields = dict(line.split(":", 1) for line in handle if line.startswith(("VmRSS", "VmHWM")))
+    except OSError:
+        return None
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (all its threads)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_busy_seconds() -> tuple[float, float]:
+    """(busy CPU seconds of all cores, wall seconds × cores) since boot, from /proc/stat."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # user … steal; guest time is already counted in user
+    return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS
+
+
+@dataclass
+class Served:
+    """`enrs serve --prod` and `enrs worker`, logs in `log_dir`."""
+
+    env: dict[str, str]
+    port: int
+    workers: int
+    threads: int
+    log_dir: Path
+    server: subprocess.Popen | None = None
+    worker: subprocess.Popen | None = None
+    _logs: list = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        return self.env["ENRS_BASE_URL"]
+
+    @property
+    def server_log(self) -> Path:
+        return self.log_dir / "portal.log"
+
+    def start(self) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        env = process_env(self.env)
+        server_log = self.server_log.open("w")
+        worker_log = (self.log_dir / "worker.log").open("w")
+        self._logs = [server_log, worker_log]
+        self.server = subprocess.Popen(
+            [*enrs_command(), "serve", "--prod", "--port", str(self.port), "--workers", str(self.workers),
+             "--threads", str(self.threads)],
+            env=env, cwd=REPO, stdout=server_log, stderr=subprocess.STDOUT)
+        self.worker = subprocess.Popen([*enrs_command(), "worker"], env=env, cwd=REPO, stdout=worker_log,
+                                       stderr=subprocess.STDOUT)
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            for name, process in (("enrs serve", self.server), ("enrs worker", self.worker)):
+                if process.poll() is not None:
+                    raise RuntimeError(f"{name} exited ({process.returncode}); see {self.log_dir}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/readyz", timeout=2) as response:
+                    if response.status == 200 and len(self.worker_pids()) == self.workers:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+                last = exc
+            time.sleep(0.2)
+        raise RuntimeError(f"portal not ready after {READY_TIMEOUT:.0f} s ({last}); see {self.log_dir}")
+
+    def warm_up(self) -> None:
+        """One request per worker process at least, so that none pays its imports and
+        first-time caches inside a measured window."""
+        for _ in range(self.workers * 4):
+            for path in ("/login", "/.well-known/openid-configuration", "/oauth/jwks"):
+                with urllib.request.urlopen(self.base_url + path, timeout=10) as response:
+                    response.read()
+
+    def worker_pids(self) -> list[int]:
+        return children(self.server.pid) if self.server else []
+
+    def our_pids(self) -> list[int]:
+        pids = [os.getpid()]
+        for process in (self.server, self.worker):
+            if process is not None:
+                pids.append(process.pid)
+        return pids + self.worker_pids()
+
+    def stop(self) -> None:
+        for process in (self.worker, self.server):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in (self.worker, self.server):
+            if process is not None:
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=5)
+        for log in self._logs:
+            log.close()
+        self._logs = []
