@@ -71,11 +71,20 @@ test-postgres: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# The browser suite: real `enrs serve` processes driven through Debian's Chromium
-# (/usr/bin/chromium) by Playwright; never a browser download. Screenshots and server
-# logs go to tests/e2e/artifacts/. E2E_ARGS passes options to pytest (e.g. -k keyboard).
+# The browser suite: real `enrs serve` processes, the demo ROR app and the PSC sandbox,
+# driven through Debian's Chromium (/usr/bin/chromium) by Playwright; never a browser
+# download. axe-core (pinned in tests/e2e/package-lock.json) audits each page: `npm ci` runs
+# only when node_modules is missing or older than the lock (the PSC sandbox's likewise).
+# Screenshots, server logs and axe-report.json go to tests/e2e/artifacts/. E2E_ARGS passes
+# options to pytest (e.g. -k keyboard).
 E2E_ARGS ?=
-e2e: $(STAMP)
+E2E_MODULES := tests/e2e/node_modules/.package-lock.json
+$(E2E_MODULES): tests/e2e/package.json tests/e2e/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "Node.js 20+ et npm sont requis pour make e2e (axe-core, bac à sable PSC)"; exit 1; }
+	cd tests/e2e && npm ci --no-audit --no-fund
+	@touch $@
+
+e2e: $(STAMP) $(E2E_MODULES) $(PSC_MODULES)
 	$(BIN)/python -m pytest -q tests/e2e $(E2E_ARGS)
 
 # The interop suite: panva's openid-client (pinned in tests/interop/package-lock.json) as the

@@ -12,27 +12,38 @@ Reusable by later journeys:
   `portal.receive(to, subject, since)` (the message as received by the SMTP server).
 - `open_page(portal, javascript=True, name=...)`: a fresh browser context (one person,
   one browser) and its page; closed after the test, screenshotted when the test failed.
-- `shots(page, "step")`: a full-page PNG under tests/e2e/artifacts/<test>/.
+- `shots(page, "step")`: a full-page PNG under tests/e2e/artifacts/<test>/, and the
+  page's accessibility audit (`audit(page, "step")`, accessibility.py): axe-core's WCAG
+  2.1 A/AA rules, every result in tests/e2e/artifacts/axe-report.json, a serious or
+  critical violation (or, on a phone, a page that scrolls sideways) fails the test.
+- `device`: "desktop" (1280×900) unless a test parametrizes it with "phone" (390×844).
+- `sso`: a portal with the demo ROR app served beside it (registered by `enrs demo` at its
+  real loopback address) and the Pro Santé Connect sandbox configured (ENRS_PSC_*).
 """
 from __future__ import annotations
 
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from tests.conftest import free_port
+from tests.e2e.accessibility import Auditor, AxeReport, install_axe
 from tests.e2e.support import (
     ARTIFACTS,
     CHROMIUM,
     CHROMIUM_ARGS,
     MailServer,
     Portal,
+    RorApp,
     Screenshots,
     start_portal,
 )
+from tests.psc_sandbox.sandbox import Sandbox, running_sandbox
 
 # Auto-waiting assertions: generous enough for a loaded CI machine, never a sleep.
 expect.set_options(timeout=10_000)
@@ -87,6 +98,37 @@ def pow_portal(portal_root, mail_server) -> Iterator[Portal]:
     yield from _served("pow", portal_root, mail_server, captcha="pow")
 
 
+@dataclass
+class SSO:
+    """The portal, the demo ROR app it opens from the "Mes applications" tile, and the
+    Pro Santé Connect sandbox it trusts; every address the loopback one the browser uses."""
+
+    portal: Portal
+    ror: RorApp
+    psc: Sandbox
+
+
+@pytest.fixture(scope="session")
+def sso(portal_root, mail_server) -> Iterator[SSO]:
+    port, ror_port = free_port(), free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    with running_sandbox(redirect_uri=f"{base_url}/psc/callback",
+                         post_logout_uri=f"{base_url}/psc/logged-out") as psc:
+        # `enrs demo` registers "ror-demo" with ROR_APP_BASE_URL's callback, initiate-login
+        # and backchannel-logout addresses, and writes its configuration for the app.
+        portal = start_portal("sso", portal_root, mail_server, port=port, captcha="image",
+                              extra_env={"ROR_APP_BASE_URL": f"http://127.0.0.1:{ror_port}", **psc.portal_env()})
+        ror = RorApp(base_url=f"http://127.0.0.1:{ror_port}",
+                     config_file=portal_root / "sso" / "ror_app_client.json",
+                     instance_dir=portal_root / "ror", log_path=ARTIFACTS / "ror-app.log")
+        try:
+            ror.start()
+            yield SSO(portal, ror, psc)
+        finally:
+            ror.stop()
+            portal.stop()
+
+
 # -- browser -----------------------------------------------------------------------------
 
 
@@ -101,10 +143,41 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
+# -- accessibility audit -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def axe_report() -> Iterator[AxeReport]:
+    install_axe()
+    report = AxeReport()
+    yield report
+    report.write()
+
+
 @pytest.fixture
-def shots(request) -> Screenshots:
+def audit(axe_report, request) -> Auditor:
+    """`audit(page, "step")`: axe on the page as shown; `shots` calls it at every step."""
+    return Auditor(axe_report, request.node.nodeid.split("::", 1)[-1])
+
+
+@pytest.fixture
+def shots(request, audit) -> Screenshots:
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name).strip("-")
-    return Screenshots(ARTIFACTS / name)
+    return Screenshots(ARTIFACTS / name, audit=audit)
+
+
+DEVICES = {
+    "desktop": {"viewport": {"width": 1280, "height": 900}},
+    # A phone (390×844 CSS pixels, as an iPhone 13/14): touch, mobile meta viewport.
+    "phone": {"viewport": {"width": 390, "height": 844}, "is_mobile": True, "has_touch": True,
+              "device_scale_factor": 2},
+}
+
+
+@pytest.fixture
+def device() -> str:
+    """Overridden by `@pytest.mark.parametrize("device", ["desktop", "phone"])`."""
+    return "desktop"
 
 
 class PageErrors:
@@ -127,17 +200,19 @@ class PageErrors:
 
 
 @pytest.fixture
-def open_page(browser: Browser, shots: Screenshots, request) -> Iterator[Callable[..., Page]]:
+def open_page(browser: Browser, shots: Screenshots, audit: Auditor, device: str,
+              request) -> Iterator[Callable[..., Page]]:
     opened: list[tuple[str, Page]] = []
     errors = PageErrors()
 
     def open_page(portal: Portal, *, javascript: bool = True, name: str = "page") -> Page:
         context = browser.new_context(
-            base_url=portal.base_url, locale="fr-FR", java_script_enabled=javascript,
-            viewport={"width": 1280, "height": 900},
+            base_url=portal.base_url, locale="fr-FR", java_script_enabled=javascript, **DEVICES[device],
         )
         context.set_default_timeout(ACTION_TIMEOUT_MS)
         page = context.new_page()
+        if not javascript:
+            audit.without_javascript(page)
         errors.watch(page, name)
         opened.append((name, page))
         return page
@@ -149,9 +224,11 @@ def open_page(browser: Browser, shots: Screenshots, request) -> Iterator[Callabl
     for name, page in opened:
         if failed and not page.is_closed():
             try:
-                shots(page, f"failure-{name}")
+                shots(page, f"failure-{name}", audit=False)
             except Exception:  # a crashed page must not hide the test's own failure
                 pass
         page.context.close()
     if not failed:
         assert not errors.seen, "errors in the pages:\n" + "\n".join(errors.seen)
+        assert not audit.problems, ("accessibility (tests/e2e/artifacts/axe-report.json):\n"
+                                    + "\n".join(audit.problems))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from email.message import EmailMessage
@@ -105,8 +106,9 @@ def establishment_search(row: Locator, *, javascript: bool = True) -> Locator:
     return row.get_by_role(role, name=starts("Établissement d'exercice"))
 
 
-def choose_by_autocomplete(page: Page, index: int, establishment: Establishment) -> None:
-    """Type part of the name, then ArrowDown and Enter on the first suggestion."""
+def choose_by_autocomplete(page: Page, index: int, establishment: Establishment, shots=None) -> None:
+    """Type part of the name, then ArrowDown and Enter on the first suggestion (screenshot
+    and audit of the open list when `shots` is given)."""
     row = establishment_row(page, index)
     box = establishment_search(row)
     box.click()
@@ -116,6 +118,8 @@ def choose_by_autocomplete(page: Page, index: int, establishment: Establishment)
     expect(box).to_have_attribute("aria-expanded", "true")
     box.press("ArrowDown")
     expect(first).to_have_attribute("aria-selected", "true")
+    if shots:
+        shots(page, f"autocomplete-open-{index + 1}")
     box.press("Enter")
     expect_chosen(row, establishment)
 
@@ -280,3 +284,63 @@ def tab_to(page: Page, target: Locator, *, backwards: bool = False, max_steps: i
         if is_focused(target):
             return step
     raise AssertionError(f"{target} not reached with {key} in {max_steps} presses")
+
+
+# -- Mes applications and the demo ROR app (J7) ----------------------------------------------
+
+ROR_APP_NAME = "ROR Centre-Val de Loire"
+ROR_REFERENT = "ror_referent_offre"
+ROR_REFERENT_LABEL = "Référent ROR (offre de soins)"
+
+
+def expect_my_apps(page: Page) -> None:
+    expect(page.get_by_role("heading", name="Mes applications", level=1)).to_be_visible()
+
+
+def favourites(page: Page) -> Locator:
+    return page.get_by_role("region", name="Mes applications favorites")
+
+
+def other_apps(page: Page) -> Locator:
+    return page.get_by_role("region", name="Autres applications disponibles")
+
+
+def app_tile(where: Locator, name: str) -> Locator:
+    """The tile (list item) whose heading is the application's name."""
+    return where.get_by_role("listitem").filter(has=where.page.get_by_role("heading", name=name, exact=True))
+
+
+def star(page: Page, name: str) -> None:
+    """"Ajouter aux favoris" on the tile: it moves up to "Mes applications favorites"."""
+    app_tile(other_apps(page), name).get_by_role("button", name=starts("Ajouter aux favoris")).click()
+    expect(page.get_by_role("status")).to_contain_text(f"« {name} » est ajoutée à vos applications favorites.")
+    expect(app_tile(favourites(page), name)).to_be_visible()
+    expect(app_tile(other_apps(page), name)).to_have_count(0)
+
+
+def open_app(page: Page, name: str) -> None:
+    page.get_by_role("link", name=f"Accéder à {name}", exact=True).click()
+
+
+def expect_ror_welcome(page: Page, first_name: str, last_name: str, establishment: Establishment) -> None:
+    """The demo ROR app's home, signed in with the portal's claims."""
+    expect(page.get_by_role("heading", level=1)).to_have_text(
+        re.compile(rf"^Bienvenue {re.escape(first_name)} {re.escape(last_name)}$", re.IGNORECASE))
+    roles = page.get_by_role("region", name="Vos rôles dans le ROR")
+    expect(roles.get_by_role("listitem")).to_contain_text(ROR_REFERENT_LABEL)
+    expect(roles).to_contain_text(f"FINESS {establishment.finess}")
+    expect(page.get_by_role("button", name="Se déconnecter")).to_be_visible()
+
+
+def expect_ror_signed_out(page: Page, timeout_s: float = 10.0) -> None:
+    """Reload the ROR app's page until it shows its sign-in invitation: the portal posts
+    the back-channel logout just after answering the logout, from its delivery thread."""
+    invitation = page.get_by_role("link", name="Se connecter avec le portail")
+    deadline = time.monotonic() + timeout_s
+    while True:
+        page.reload()
+        if invitation.is_visible():
+            break
+        assert time.monotonic() < deadline, "the ROR app's session is still open after the portal's logout"
+        page.wait_for_timeout(250)
+    expect(page.get_by_role("heading", name=starts("Bienvenue"))).to_have_count(0)

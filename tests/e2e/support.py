@@ -264,9 +264,29 @@ class Portal:
         return self.cli("user", "create", "--email", email, "--password", password, "--first-name", first_name,
                         "--last-name", last_name, "--finess", finess).strip().splitlines()[-1]
 
+    def grant_role(self, email: str, role: str, finess: str) -> None:
+        """A role for one establishment, as an accepted access request leaves it. No command
+        grants a role outside a request: written to the served portal's database, as
+        tests/test_ror_app.py's demo data and tests/interop/conftest.py do."""
+        import sqlalchemy as sa
 
-def start_portal(name: str, root: Path, mail: MailServer, **settings: str) -> Portal:
-    port = free_port()
+        from idp.models import User, UserRole
+        from portal.clock import now
+        from portal.db import db
+
+        with self.app().app_context():
+            user = db.session.scalar(sa.select(User).where(User.email == email))
+            assert user is not None, f"no account for {email}"
+            db.session.add(UserRole(user_id=user.id, role=role, finess=finess, granted_at=now()))
+            db.session.commit()
+
+
+def start_portal(name: str, root: Path, mail: MailServer, *, port: int | None = None,
+                 extra_env: dict[str, str] | None = None, **settings: str) -> Portal:
+    """`settings` become ENRS_<NAME> variables; `extra_env` is given as is (ROR_APP_BASE_URL
+    for `enrs demo`, the ENRS_PSC_* of a sandbox); `port` when another process must know
+    the portal's address before it starts (a PSC sandbox's redirect URI)."""
+    port = port or free_port()
     env = {
         "ENRS_ENV": "development",
         "ENRS_INSTANCE_DIR": str(root / name),
@@ -276,29 +296,93 @@ def start_portal(name: str, root: Path, mail: MailServer, **settings: str) -> Po
         "ENRS_SECRET_KEY": SECRET_KEY,
         "ENRS_PORTAL_NAME": "eSanté Centre-Val de Loire",
         **{f"ENRS_{key.upper()}": value for key, value in settings.items()},
+        **(extra_env or {}),
     }
     portal = Portal(name=name, env=env, port=port, log_path=ARTIFACTS / f"portal-{name}.log", inbox=mail.mailbox)
     portal.start()
     return portal
 
 
+# -- the demo ROR application (examples/ror_app) ---------------------------------------------
+
+
+@dataclass
+class RorApp:
+    """`python -m examples.ror_app` in a process of its own, reading the client configuration
+    `enrs demo` wrote into the portal's instance folder (issuer, client id and secret)."""
+
+    base_url: str
+    config_file: Path
+    instance_dir: Path
+    log_path: Path
+    process: subprocess.Popen | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    def start(self) -> None:
+        # The developer's own ROR_APP_* must not point this one at another portal.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ROR_APP_", "ENRS_"))}
+        env.update({"ROR_APP_BASE_URL": self.base_url, "ROR_APP_CONFIG_FILE": str(self.config_file),
+                    "ROR_APP_INSTANCE_DIR": str(self.instance_dir),
+                    "ROR_APP_SECRET_KEY": "e2e-ror-key-" + "r" * 32, "PYTHONUNBUFFERED": "1"})
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("w") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "examples.ror_app", "--port", str(self.port)],
+                                            env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the ROR app exited ({self.process.returncode}):\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.base_url + "/", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise AssertionError(f"the ROR app is not ready after {READY_TIMEOUT:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.process = None
+
+
 # -- screenshots ----------------------------------------------------------------------------
 
 
 class Screenshots:
-    """Full-page PNGs of each step, numbered, under tests/e2e/artifacts/<test>/."""
+    """Full-page PNGs of each step, numbered, under tests/e2e/artifacts/<test>/; each
+    step's page is also audited when an `audit(page, step)` is given (accessibility.py)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, audit=None) -> None:
         self.folder = folder
+        self.audit = audit
         self.count = 0
         if folder.exists():
             for old in folder.glob("*.png"):
                 old.unlink()
         folder.mkdir(parents=True, exist_ok=True)
 
-    def __call__(self, page, step: str) -> Path:
+    def __call__(self, page, step: str, *, audit: bool = True) -> Path:
         self.count += 1
         slug = re.sub(r"[^a-z0-9]+", "-", step.lower()).strip("-")
         path = self.folder / f"{self.count:02d}-{slug}.png"
         page.screenshot(path=str(path), full_page=True)
+        if audit and self.audit is not None:
+            self.audit(page, step)
         return path

@@ -1,8 +1,9 @@
-"""J1 "Créer un compte" in a real browser: with the mouse, with the proof-of-work
-captcha, with the keyboard only, and without JavaScript; each up to "Nous étudions
-votre demande" through the link of the email."""
+"""J1 "Créer un compte" in a real browser: with the mouse (on a desktop and on a 390×844
+phone), with the proof-of-work captcha, with the keyboard only, and without JavaScript;
+each up to "Nous étudions votre demande" through the link of the email."""
 from __future__ import annotations
 
+import pytest
 from playwright.sync_api import expect
 
 from tests.e2e.steps import (
@@ -28,20 +29,28 @@ from tests.e2e.steps import (
     show_email,
     solve_image_captcha,
     solve_pow_captcha,
+    starts,
     submit_registration,
     tab_to,
     verify_email,
 )
 
 
-def test_registration_with_two_establishments_and_image_captcha(portal, open_page, shots):
+@pytest.mark.parametrize("device", ["desktop", "phone"])
+def test_registration_with_two_establishments_and_image_captcha(portal, open_page, shots, device):
     person = Person("Nathalie", "Petit")
     page = open_page(portal)
     open_registration(page, shots)
+    # Sent empty first: the error summary lists each field to fix, as links to it.
+    page.get_by_role("button", name=MAIN_SUBMIT, exact=True).click()
+    summary = page.get_by_role("alert").filter(has=page.get_by_role("heading", name=starts("Le formulaire contient")))
+    expect(summary).to_be_visible()
+    expect(summary.get_by_role("link").first).to_be_visible()
+    shots(page, "empty-form-errors")
     fill_identity(page, person)
 
     # First establishment: the autocomplete (type part of the name, ArrowDown, Enter).
-    choose_by_autocomplete(page, 0, DREUX)
+    choose_by_autocomplete(page, 0, DREUX, shots)
     fill_function(page, 0, DREUX)
     shots(page, "first-establishment")
 

@@ -1,7 +1,8 @@
-"""J3: login with the emailed 6-digit code, a wrong password, and "Réinitialiser mon mot
-de passe" from the email to the next login."""
+"""J3: login with the emailed 6-digit code (on a desktop and on a 390×844 phone), a wrong
+password, and "Réinitialiser mon mot de passe" from the email to the next login."""
 from __future__ import annotations
 
+import pytest
 from playwright.sync_api import expect
 
 from tests.e2e.steps import Person, label, login, logout, submit_password
@@ -20,7 +21,8 @@ def _professional(portal, first_name: str, last_name: str) -> tuple[str, str]:
     return login_id, email
 
 
-def test_login_with_the_emailed_code_and_a_wrong_password(portal, open_page, shots):
+@pytest.mark.parametrize("device", ["desktop", "phone"])
+def test_login_with_the_emailed_code_and_a_wrong_password(portal, open_page, shots, device):
     login_id, email = _professional(portal, "Thomas", "Girard")
     page = open_page(portal)
     page.goto("/")
