@@ -82,6 +82,14 @@ def test_nothing_acknowledged_is_lost_and_no_email_twice(outcome):
     assert_none(outcome.email_problems(), "emails not delivered exactly once", outcome)
 
 
+def test_every_row_has_its_whole_file_and_the_only_debris_is_the_killed_uploads(outcome):
+    assert_none(outcome.row_problems(), "rows without their file", outcome)
+    killed = outcome.notes["killed_at_wall"]
+    later = [(kind, name) for kind, name, _, mtime in outcome.debris() if mtime > killed + 0.5]
+    assert not later, f"debris written after the kill: {later}"
+
+
+# Last: the sweep changes the store the other tests look at.
 def test_the_sweep_removes_what_the_kill_left_and_nothing_else(outcome):
     """kill -9 mid-upload leaves debris no row refers to (a reserved key, a temporary file,
     or a whole file whose row was never committed); the worker's hourly sweep removes
@@ -93,10 +101,3 @@ def test_the_sweep_removes_what_the_kill_left_and_nothing_else(outcome):
     assert done.returncode == 0, done.stderr
     after = Outcome(outcome.load, outcome.stack, outcome.notes)
     assert_none(after.store_problems(), "store and database disagree after the sweep", after)
-
-
-def test_every_row_has_its_whole_file_and_the_only_debris_is_the_killed_uploads(outcome):
-    assert_none(outcome.row_problems(), "rows without their file", outcome)
-    killed = outcome.notes["killed_at_wall"]
-    later = [(kind, name) for kind, name, _, mtime in outcome.debris() if mtime > killed + 0.5]
-    assert not later, f"debris written after the kill: {later}"
