@@ -20,12 +20,13 @@ through its own models (a Session, a Grant, an AuthorizationCode per code) behin
 loopback-only admin port. Refresh tokens come from the warm-up's code exchanges.
 
 `python -m bench token`; ENRS_BENCH_TOKEN_SECONDS (default 10) sets the measuring time.
-`python -m bench.token --profile` profiles the portal's token endpoint in-process (cProfile)
-and prints the top functions.
+`python -m bench.token --profile [--postgresql]` profiles the portal's token endpoint
+in-process (cProfile) and prints the top functions.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -404,6 +405,29 @@ def _machine() -> dict:
             "platform": platform.platform(), "pinned": bool(_pinned("0"))}
 
 
+class PostgresUnreachable(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def postgresql_schema():
+    """A URL of PG_URL in a schema of its own, dropped afterwards."""
+    try:
+        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        schema = f"enrs_bench_token_{uuid.uuid4().hex[:8]}"
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    except Exception as error:
+        raise PostgresUnreachable(str(error)) from error
+    separator = "&" if "?" in PG_URL else "?"
+    try:
+        yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+        engine.dispose()
+
+
 def run() -> dict[str, object]:
     ensure_node_modules()
     results: dict[str, object] = {}
@@ -416,22 +440,10 @@ def run() -> dict[str, object]:
         instance = workdir / "instance-sqlite"
         portal["sqlite"] = _portal_runs(f"sqlite:///{instance}/bench.db", instance, workdir)
         try:
-            engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-            schema = f"enrs_bench_token_{uuid.uuid4().hex[:8]}"
-            with engine.begin() as connection:
-                connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-        except Exception:
+            with postgresql_schema() as url:
+                portal["postgresql"] = _portal_runs(url, workdir / "instance-pg", workdir)
+        except PostgresUnreachable:
             portal["postgresql"] = "unreachable"
-        else:
-            separator = "&" if "?" in PG_URL else "?"
-            try:
-                instance = workdir / "instance-pg"
-                portal["postgresql"] = _portal_runs(
-                    f"{PG_URL}{separator}options=-csearch_path%3D{schema}", instance, workdir)
-            finally:
-                with engine.begin() as connection:
-                    connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-                engine.dispose()
         # The reference again after the portal: both ends of the run, their mean is the yardstick.
         with reference.serving(workdir / "oidc-provider-2.log"):
             again = measure(reference, workdir)
@@ -483,17 +495,18 @@ def run() -> dict[str, object]:
 
 # -- in-process: statements and time per request, profile ----------------------------------
 
-def in_process(requests: int = 200, profiler=None) -> dict:
-    """The token endpoint without HTTP (Flask test client, SQLite, this process): SQL
-    statements per request and milliseconds per request, code exchanges then refreshes.
-    With `profiler` (a cProfile.Profile), only the measured requests are profiled."""
+def in_process(requests: int = 200, profiler=None, database_url: str | None = None) -> dict:
+    """The token endpoint without HTTP (Flask test client, this process; SQLite unless
+    `database_url`): SQL statements per request and milliseconds per request, code
+    exchanges then refreshes. With `profiler` (a cProfile.Profile), only the measured
+    requests are profiled."""
     from sqlalchemy import event
 
     from portal.db import db
 
     with tempfile.TemporaryDirectory() as tmp:
         instance = Path(tmp)
-        portal = Portal(f"sqlite:///{instance}/bench.db", instance)
+        portal = Portal(database_url or f"sqlite:///{instance}/bench.db", instance)
         portal.prepare()
         client = portal.app.test_client()
         headers = {"Authorization": portal.authorization}
@@ -559,7 +572,7 @@ def in_process(requests: int = 200, profiler=None) -> dict:
             "requests": requests}
 
 
-def profile(requests: int = 400, top: int = 30) -> None:
+def profile(requests: int = 400, top: int = 30, database_url: str | None = None) -> None:
     """cProfile of the measured in-process requests; prints the largest cumulative and own times.
     (The figures of docs/performance.md come from py-spy sampling the same loop, which distorts
     less: `pip install py-spy`, then `py-spy record -f raw -- python -m bench.token --profile`.)"""
@@ -567,13 +580,17 @@ def profile(requests: int = 400, top: int = 30) -> None:
     import pstats
 
     profiler = cProfile.Profile()
-    print(json.dumps(in_process(requests, profiler), indent=2))
+    print(json.dumps(in_process(requests, profiler, database_url), indent=2))
     pstats.Stats(profiler).sort_stats("cumulative").print_stats(top)
     pstats.Stats(profiler).sort_stats("tottime").print_stats(top)
 
 
 if __name__ == "__main__":
     if "--profile" in sys.argv[1:]:
-        profile()
+        if "--postgresql" in sys.argv[1:]:
+            with postgresql_schema() as url:
+                profile(database_url=url)
+        else:
+            profile()
     else:
         print(json.dumps(run(), indent=2, ensure_ascii=False))

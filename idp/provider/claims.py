@@ -9,18 +9,22 @@ from sqlalchemy.orm import Session
 from idp.models import User, UserEstablishment, UserRole
 from idp.provider.models import Client
 
-# Built once (they run for every token and userinfo call): compiled once by SQLAlchemy.
-_ROLES = (sa.select(UserRole.role, UserRole.finess)
-          .where(UserRole.user_id == sa.bindparam("user_id"), UserRole.revoked_at.is_(None))
-          .order_by(UserRole.granted_at, UserRole.id))
-_ESTABLISHMENTS = (sa.select(UserEstablishment.finess, UserEstablishment.name, UserEstablishment.service,
-                             UserEstablishment.function_type)
-                   .where(UserEstablishment.user_id == sa.bindparam("user_id"))
-                   .order_by(UserEstablishment.position, UserEstablishment.id))
+# Built once on the tables (they run for every token and userinfo call): compiled once,
+# and run as Core statements, without the ORM's per-statement work.
+_roles = UserRole.__table__
+_establishments = UserEstablishment.__table__
+_ROLES = (sa.select(_roles.c.role, _roles.c.finess)
+          .where(_roles.c.user_id == sa.bindparam("user_id"), _roles.c.revoked_at.is_(None))
+          .order_by(_roles.c.granted_at, _roles.c.id))
+_ESTABLISHMENTS = (sa.select(_establishments.c.finess, _establishments.c.name, _establishments.c.service,
+                             _establishments.c.function_type)
+                   .where(_establishments.c.user_id == sa.bindparam("user_id"))
+                   .order_by(_establishments.c.position, _establishments.c.id))
 
 
 def active_roles(session: Session, user_id: int) -> list[dict[str, str]]:
-    return [{"role": role, "finess": finess} for role, finess in session.execute(_ROLES, {"user_id": user_id})]
+    rows = session.connection().execute(_ROLES, {"user_id": user_id})
+    return [{"role": role, "finess": finess} for role, finess in rows]
 
 
 def has_role(session: Session, user_id: int, role: str) -> bool:
@@ -42,7 +46,8 @@ def _profession_label(code: str | None) -> str | None:
 
 
 def user_claims(session: Session, user: User, scope: str) -> dict:
-    """The claims of `scope` (space-separated), `sub` always. Empty values are left out."""
+    """The claims of `scope` (space-separated), `sub` always. Empty values are left out.
+    `user` is the ORM user or the token path's record of its columns (idp.provider.store)."""
     scopes = set(scope.split())
     claims: dict = {"sub": user.public_id}
     if "profile" in scopes:
@@ -63,7 +68,7 @@ def user_claims(session: Session, user: User, scope: str) -> dict:
             claims["national_id_type"] = user.national_id_type
     if "establishments" in scopes:
         # Four columns, not whole objects.
-        rows = session.execute(_ESTABLISHMENTS, {"user_id": user.id})
+        rows = session.connection().execute(_ESTABLISHMENTS, {"user_id": user.id})
         claims["establishments"] = [
             {"finess": finess, "name": name, "service": service, "function": function}
             for finess, name, service, function in rows

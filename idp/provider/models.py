@@ -17,34 +17,11 @@ DEFAULT_SCOPES = "openid profile email establishments roles national_id"
 SIGNING_ALGS = ("RS256", "ES256")
 
 
-class Client(Base):
-    """An application registered by a super admin: the ROR, or any regional service."""
+# What authlib's grants and endpoints ask of a client, a code and a token. Mixins, because
+# two kinds of objects answer: the ORM models, and the plain records the token endpoint
+# reads with SQLAlchemy Core (idp.provider.store) to stay lean on its hottest path.
 
-    __tablename__ = "oidc_clients"
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    client_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
-    # SHA-256 of the secret: the secret is 256 random bits, so a fast hash is enough
-    # (nothing to brute-force) and the token endpoint stays fast. None for public clients.
-    secret_hash: Mapped[str | None] = mapped_column(sa.String(64))
-    is_public: Mapped[bool] = mapped_column(default=False)
-    name: Mapped[str] = mapped_column(sa.String(100))
-    description: Mapped[str] = mapped_column(sa.String(500), default="")
-    icon: Mapped[str] = mapped_column(sa.String(32), default="application")
-    redirect_uris: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
-    post_logout_redirect_uris: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
-    backchannel_logout_uri: Mapped[str | None] = mapped_column(sa.String(500))
-    initiate_login_uri: Mapped[str | None] = mapped_column(sa.String(500))
-    required_role: Mapped[str | None] = mapped_column(sa.String(32))
-    allowed_scopes: Mapped[str] = mapped_column(sa.String(255), default=DEFAULT_SCOPES)
-    id_token_signed_response_alg: Mapped[str] = mapped_column(sa.String(8), default="RS256")
-    token_endpoint_auth_method: Mapped[str] = mapped_column(sa.String(32), default="client_secret_basic")
-    # The portal's own applications: consent is implicit.
-    first_party: Mapped[bool] = mapped_column(default=True)
-    created_at: Mapped[datetime]
-    disabled_at: Mapped[datetime | None]
-
-    # -- what authlib's grants ask of a client --------------------------------------------
+class ClientRules:
     @property
     def client_metadata(self) -> dict:
         return {"post_logout_redirect_uris": list(self.post_logout_redirect_uris),
@@ -87,26 +64,7 @@ class Client(Base):
         return hmac.compare_digest(self.secret_hash, hashlib.sha256(secret.encode()).hexdigest())
 
 
-class AuthorizationCode(Base):
-    __tablename__ = "oidc_authorization_codes"
-
-    code_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
-    client_pk: Mapped[int] = mapped_column(sa.ForeignKey("oidc_clients.id", ondelete="CASCADE"))
-    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
-    session_id: Mapped[str] = mapped_column(sa.ForeignKey("user_sessions.id", ondelete="CASCADE"))
-    redirect_uri: Mapped[str] = mapped_column(sa.String(500))
-    scope: Mapped[str] = mapped_column(sa.String(255))
-    nonce: Mapped[str | None] = mapped_column(sa.String(255))
-    code_challenge: Mapped[str | None] = mapped_column(sa.String(128))
-    code_challenge_method: Mapped[str | None] = mapped_column(sa.String(8))
-    auth_time: Mapped[datetime]
-    acr: Mapped[str] = mapped_column(sa.String(64))
-    amr: Mapped[list[str]] = mapped_column(sa.JSON)
-    created_at: Mapped[datetime]
-    expires_at: Mapped[datetime]
-    used_at: Mapped[datetime | None]
-
-    # -- what authlib's grants ask of a code ----------------------------------------------
+class CodeRules:
     def get_redirect_uri(self) -> str:
         return self.redirect_uri
 
@@ -126,7 +84,62 @@ class AuthorizationCode(Base):
         return self.amr
 
 
-class Token(Base):
+class TokenRules:
+    def get_scope(self) -> str:
+        return self.scope
+
+    def check_client(self, client) -> bool:
+        return self.client_pk == client.id
+
+
+class Client(ClientRules, Base):
+    """An application registered by a super admin: the ROR, or any regional service."""
+
+    __tablename__ = "oidc_clients"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    client_id: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    # SHA-256 of the secret: the secret is 256 random bits, so a fast hash is enough
+    # (nothing to brute-force) and the token endpoint stays fast. None for public clients.
+    secret_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    is_public: Mapped[bool] = mapped_column(default=False)
+    name: Mapped[str] = mapped_column(sa.String(100))
+    description: Mapped[str] = mapped_column(sa.String(500), default="")
+    icon: Mapped[str] = mapped_column(sa.String(32), default="application")
+    redirect_uris: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    post_logout_redirect_uris: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    backchannel_logout_uri: Mapped[str | None] = mapped_column(sa.String(500))
+    initiate_login_uri: Mapped[str | None] = mapped_column(sa.String(500))
+    required_role: Mapped[str | None] = mapped_column(sa.String(32))
+    allowed_scopes: Mapped[str] = mapped_column(sa.String(255), default=DEFAULT_SCOPES)
+    id_token_signed_response_alg: Mapped[str] = mapped_column(sa.String(8), default="RS256")
+    token_endpoint_auth_method: Mapped[str] = mapped_column(sa.String(32), default="client_secret_basic")
+    # The portal's own applications: consent is implicit.
+    first_party: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime]
+    disabled_at: Mapped[datetime | None]
+
+
+class AuthorizationCode(CodeRules, Base):
+    __tablename__ = "oidc_authorization_codes"
+
+    code_hash: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    client_pk: Mapped[int] = mapped_column(sa.ForeignKey("oidc_clients.id", ondelete="CASCADE"))
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id", ondelete="CASCADE"))
+    session_id: Mapped[str] = mapped_column(sa.ForeignKey("user_sessions.id", ondelete="CASCADE"))
+    redirect_uri: Mapped[str] = mapped_column(sa.String(500))
+    scope: Mapped[str] = mapped_column(sa.String(255))
+    nonce: Mapped[str | None] = mapped_column(sa.String(255))
+    code_challenge: Mapped[str | None] = mapped_column(sa.String(128))
+    code_challenge_method: Mapped[str | None] = mapped_column(sa.String(8))
+    auth_time: Mapped[datetime]
+    acr: Mapped[str] = mapped_column(sa.String(64))
+    amr: Mapped[list[str]] = mapped_column(sa.JSON)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+class Token(TokenRules, Base):
     """An access token and, usually, the refresh token issued with it. A refresh creates
     a new row in the same family; reusing a rotated refresh token revokes the family."""
 
@@ -154,12 +167,6 @@ class Token(Base):
     refresh_expires_at: Mapped[datetime | None]
     rotated_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
-
-    def get_scope(self) -> str:
-        return self.scope
-
-    def check_client(self, client: Client) -> bool:
-        return self.client_pk == client.id
 
 
 class SigningKey(Base):

@@ -31,13 +31,14 @@ from authlib.oidc.core.grants.util import create_half_hash
 from authlib.oidc.rpinitiated import EndSessionEndpoint
 from flask import Flask, current_app, g
 from joserfc import jwt
-from sqlalchemy.orm import joinedload
 
 from idp.models import STATUS_ACTIVE, User
+from idp.provider import store
 from idp.provider.claims import user_claims
 from idp.provider.keys import key_ring
 from idp.provider.models import AuthorizationCode, Client, SessionClient, Token
-from idp.sessions import UserSession
+from idp.provider.store import ClientRecord, CodeRecord, SessionRecord, TokenRecord
+from idp.sessions import TOUCH_INTERVAL, UserSession
 from portal import audit
 from portal.clock import now
 from portal.db import db
@@ -67,61 +68,53 @@ class Principal:
         return self.user.id
 
 
-def query_client(client_id: str) -> Client | None:
+def _connection():
+    """The session's connection, in its transaction: Core statements on the token path.
+    Kept for the request while its transaction lasts (asking the ORM session each time
+    cost more than some statements)."""
+    session = db.session
+    transaction = session.get_transaction()
+    cached = g.get("oidc_connection")
+    if cached is not None and cached[0] is transaction and transaction.is_active:
+        return cached[1]
+    connection = session.connection()
+    g.oidc_connection = (session.get_transaction(), connection)
+    return connection
+
+
+def query_client(client_id: str) -> ClientRecord | None:
     # authlib asks several times per request; clients change rarely but must take effect
     # at once (disabled, new secret), so the cache lives for one request only.
     if not client_id or not isinstance(client_id, str) or len(client_id) > 64:
         return None
     cache = g.setdefault("oidc_clients", {})
     if client_id not in cache:
-        cache[client_id] = db.session.scalar(_CLIENT_BY_ID, {"client_id": client_id})
+        cache[client_id] = store.client_by_id(_connection(), client_id)
     return cache[client_id]
 
 
-def _session_alive(record: UserSession | None, current: datetime) -> bool:
+def _session_alive(record: UserSession | SessionRecord | None, current: datetime) -> bool:
     idle = timedelta(seconds=current_app.extensions["enrs.settings"].session_idle_timeout)
     return (record is not None and record.revoked_at is None and record.expires_at > current
             and record.last_seen_at + idle > current and record.user.status == STATUS_ACTIVE)
 
 
-def _session_with_user(session_id: str) -> UserSession | None:
-    return db.session.get(UserSession, session_id, options=[joinedload(UserSession.user)])
-
-
 def save_token(token: dict, request) -> None:
     """Stores the digests of what the grant generated, with the session it belongs to."""
     current = now()
-    origin: AuthorizationCode | Token | None = request.authorization_code or getattr(request, "refresh_token", None)
+    origin: CodeRecord | TokenRecord = request.authorization_code or request.refresh_token
     principal: Principal = request.user
-    family = origin.family_id if isinstance(origin, Token) else secrets.token_hex(16)
-    code_hash = origin.code_hash if isinstance(origin, AuthorizationCode | Token) else None
+    family = origin.family_id if isinstance(origin, TokenRecord) else secrets.token_hex(16)
     refresh = token.get("refresh_token")
-    # A plain INSERT: nothing reads the row back in this request, so the ORM's unit of
-    # work would be pure overhead on the hottest path of the provider.
-    db.session.execute(_INSERT_TOKEN, dict(
+    store.insert_token(_connection(), dict(
         access_token_hash=digest(token["access_token"]),
         refresh_token_hash=digest(refresh) if refresh else None,
         client_pk=request.client.id, user_id=principal.user.id, session_id=principal.session.id,
-        scope=token.get("scope") or origin.scope, family_id=family, code_hash=code_hash,
+        scope=token.get("scope") or origin.scope, family_id=family, code_hash=origin.code_hash,
         auth_time=origin.auth_time, acr=origin.acr, amr=origin.amr, issued_at=current,
         access_expires_at=current + timedelta(seconds=int(token.get("expires_in", ACCESS_TOKEN_SECONDS))),
         refresh_expires_at=principal.session.expires_at if refresh else None, rotated_at=None, revoked_at=None,
     ))
-
-
-# The statements of the token endpoint are built once: SQLAlchemy then reuses their
-# compiled form, instead of building and hashing a new statement on every request.
-_INSERT_TOKEN = sa.insert(Token)
-_CLAIM_CODE = (
-    sa.update(AuthorizationCode)
-    .where(AuthorizationCode.code_hash == sa.bindparam("b_code"),
-           AuthorizationCode.client_pk == sa.bindparam("b_client"),
-           AuthorizationCode.used_at.is_(None), AuthorizationCode.expires_at > sa.bindparam("b_now"))
-    .values(used_at=sa.bindparam("b_now"))
-    .returning(AuthorizationCode)
-    .execution_options(synchronize_session=False)
-)
-_CLIENT_BY_ID = sa.select(Client).where(Client.client_id == sa.bindparam("client_id"), Client.disabled_at.is_(None))
 
 
 class CodeGrant(AuthorizationCodeGrant):
@@ -148,15 +141,13 @@ class CodeGrant(AuthorizationCodeGrant):
             db.session.add(SessionClient(session_id=principal.session.id, client_pk=request.client.id,
                                          created_at=current))
 
-    def query_authorization_code(self, code: str, client: Client) -> AuthorizationCode | None:
+    def query_authorization_code(self, code: str, client: ClientRecord) -> CodeRecord | None:
         if not isinstance(code, str) or len(code) > 128:
             return None
         code_hash = digest(code)
         current = now()
         table = AuthorizationCode.__table__
-        # One round trip: the claim returns the row it claimed (PostgreSQL and SQLite ≥ 3.35).
-        claimed = db.session.execute(
-            _CLAIM_CODE, {"b_code": code_hash, "b_client": client.id, "b_now": current}).scalar_one_or_none()
+        claimed = store.claim_code(_connection(), code_hash, client.id, current)
         if claimed is not None:
             return claimed
         used = db.session.scalar(sa.select(table.c.used_at).where(table.c.code_hash == code_hash,
@@ -172,11 +163,11 @@ class CodeGrant(AuthorizationCodeGrant):
             db.session.commit()
         return None
 
-    def delete_authorization_code(self, authorization_code: AuthorizationCode) -> None:
+    def delete_authorization_code(self, authorization_code: CodeRecord) -> None:
         pass  # already marked used when claimed; kept for reuse detection until purged
 
-    def authenticate_user(self, authorization_code: AuthorizationCode) -> Principal | None:
-        record = _session_with_user(authorization_code.session_id)
+    def authenticate_user(self, authorization_code: CodeRecord) -> Principal | None:
+        record = store.session_with_user(_connection(), authorization_code.session_id)
         if not _session_alive(record, now()):
             return None
         return Principal(record.user, record)
@@ -200,50 +191,42 @@ class RotatingRefreshGrant(RefreshTokenGrant):
     TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
     INCLUDE_NEW_REFRESH_TOKEN = True
 
-    def authenticate_refresh_token(self, refresh_token: str) -> Token | None:
+    def authenticate_refresh_token(self, refresh_token: str) -> TokenRecord | None:
         if not isinstance(refresh_token, str) or len(refresh_token) > 128:
             return None
-        row = db.session.scalar(sa.select(Token).where(Token.refresh_token_hash == digest(refresh_token)))
+        refresh_hash = digest(refresh_token)
         client = self.request.client
-        if row is None or row.client_pk != client.id:
-            return None  # another client's token is not even burned
         current = now()
-        if row.rotated_at is not None:
+        # The usual case in one round trip: this client's live token, rotated as it is read.
+        # Anything refused afterwards rolls the rotation back with the request.
+        row = store.rotate_refresh_token(_connection(), refresh_hash, client.id, current)
+        if row is not None:
+            record = store.session_with_user(_connection(), row.session_id)
+            if not _session_alive(record, current):
+                return None  # the portal session ended: so did the application's right to refresh
+            self._portal_session = record  # authenticate_user needs it next: no second load
+            return row
+        owner = store.refresh_token_owner(_connection(), refresh_hash)
+        if owner is not None and owner.client_pk == client.id and owner.rotated_at is not None:
+            # A rotated token presented again was probably stolen: its family is revoked.
             revoked = db.session.execute(
-                sa.update(Token).where(Token.family_id == row.family_id, Token.revoked_at.is_(None))
+                sa.update(Token).where(Token.family_id == owner.family_id, Token.revoked_at.is_(None))
                 .values(revoked_at=current)
             ).rowcount
-            audit.record(db.session, "oidc.refresh_reused", outcome="failure", actor_id=row.user_id,
+            audit.record(db.session, "oidc.refresh_reused", outcome="failure", actor_id=owner.user_id,
                          target_type="application", target_id=client.client_id, details={"tokens_revoked": revoked})
             db.session.commit()
-            return None
-        if row.revoked_at is not None or row.refresh_expires_at is None or row.refresh_expires_at <= current:
-            return None
-        record = _session_with_user(row.session_id)
-        if not _session_alive(record, current):
-            return None  # the portal session ended: so did the application's right to refresh
-        self._portal_session = record  # authenticate_user needs it next: no second load
-        table = Token.__table__
-        claimed = db.session.execute(
-            table.update().where(table.c.id == row.id, table.c.rotated_at.is_(None)).values(rotated_at=current)
-        ).rowcount
-        if claimed != 1:
-            return None
-        return row
+        return None  # unknown, another client's (not even burned), revoked or expired
 
-    def authenticate_user(self, refresh_token: Token) -> Principal | None:
-        record = getattr(self, "_portal_session", None) or _session_with_user(refresh_token.session_id)
+    def authenticate_user(self, refresh_token: TokenRecord) -> Principal | None:
+        record: SessionRecord = self._portal_session
         current = now()
-        if not _session_alive(record, current):
-            return None
         # Using an application keeps the portal session alive, as browsing the portal does.
-        from idp.sessions import TOUCH_INTERVAL
-
         if current - record.last_seen_at >= TOUCH_INTERVAL:
-            record.last_seen_at = current
+            store.touch_session(_connection(), record.id, current)
         return Principal(record.user, record)
 
-    def revoke_old_credential(self, refresh_token: Token) -> None:
+    def revoke_old_credential(self, refresh_token: TokenRecord) -> None:
         pass  # marked rotated when claimed
 
 
@@ -261,14 +244,13 @@ class PortalOpenIDCode(OpenIDCode):
 
     def encode_id_token(self, token: dict, request) -> str:
         return id_token_for(token, request.client, request.user,
-                            request.authorization_code or getattr(request, "refresh_token", None))
+                            request.authorization_code or request.refresh_token)
 
     def __call__(self, grant) -> None:
         super().__call__(grant)
 
 
-def id_token_for(token: dict, client: Client, principal: Principal,
-                 origin: AuthorizationCode | Token | None) -> str:
+def id_token_for(token: dict, client: ClientRecord, principal: Principal, origin: CodeRecord | TokenRecord) -> str:
     alg = client.id_token_signed_response_alg
     kid, key = key_ring(db.session).signing[alg]
     issued = int(now().timestamp())
@@ -277,7 +259,7 @@ def id_token_for(token: dict, client: Client, principal: Principal,
         "auth_time": int(principal.session.created_at.timestamp()), "acr": principal.session.acr,
         "amr": principal.session.amr, "sid": principal.session.public_id, "azp": client.client_id,
     }
-    if isinstance(origin, AuthorizationCode) and origin.nonce:
+    if isinstance(origin, CodeRecord) and origin.nonce:
         claims["nonce"] = origin.nonce
     at_hash = create_half_hash(token["access_token"], alg)
     if at_hash is not None:
@@ -295,7 +277,8 @@ class RefreshIDToken:
     def process_token(self, grant, response) -> None:
         _, token, _ = response
         if "openid" in (token.get("scope") or "").split():
-            token["id_token"] = id_token_for(token, grant.request.client, grant.request.user, None)
+            token["id_token"] = id_token_for(token, grant.request.client, grant.request.user,
+                                             grant.request.refresh_token)
 
 
 def find_token(token_string: str, hint: str | None = None) -> Token | None:

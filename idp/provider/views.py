@@ -221,9 +221,11 @@ def _client_auth_failed(response: Response) -> bool:
 
 @bp.post("/oauth/token")
 @csrf.exempt
+@limiter.exempt
 # No per-address limit here: client secrets, codes and refresh tokens are 256-bit random
 # values (nothing to guess), the callers are a few application back ends sharing
-# addresses, and this is the provider's hottest endpoint. Floods are the proxy's job.
+# addresses, and this is the provider's hottest endpoint (exempt: the limiter would still
+# resolve its rules on every call). Floods are the proxy's job.
 def token():
     response = op.server().create_token_response()
     if response.status_code == 200:
