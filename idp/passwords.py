@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import string
+import threading
 import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
@@ -25,9 +26,26 @@ from portal.clock import now
 # at the next successful login.
 HASHER = PasswordHasher()
 
-# One hash computed for unknown users, so that a login for a missing account costs the
-# same time as one for an existing account with a wrong password.
-_DUMMY_HASH = HASHER.hash(secrets.token_urlsafe(16))
+# Each hash holds 64 MiB while it runs, and a verification keeps a core busy for ~0.3 s.
+# With several threads per process, a Monday-morning burst would run as many hashes at
+# once as there are threads: memory peaks by 64 MiB per thread, and every login in the
+# process slows down together. A process runs at most this many at a time
+# (ENRS_PASSWORD_HASH_CONCURRENCY, default 1); the others wait their turn, which costs
+# no throughput as long as there are at least as many processes as cores.
+_hash_slots = threading.BoundedSemaphore(1)
+
+
+def limit_concurrent_hashes(count: int) -> None:
+    global _hash_slots
+    _hash_slots = threading.BoundedSemaphore(count)
+
+
+@lru_cache(maxsize=1)
+def _dummy_hash() -> str:
+    # Verified for unknown users, so that a login for a missing account costs the same as
+    # one with a wrong password. Made at first need, not at import: every process would
+    # otherwise pay a hash (and its 64 MiB) before serving anything.
+    return hash_password(secrets.token_urlsafe(16))
 
 HISTORY_SIZE = 5
 SPECIALS = "!#$%&()*+,-./:;<=>?@[]^_{|}~"
@@ -109,13 +127,16 @@ def policy_errors(
 
 
 def hash_password(password: str) -> str:
-    return HASHER.hash(password)
+    with _hash_slots:
+        return HASHER.hash(password)
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     """Constant-cost check: an account without a password still pays for one hash."""
+    stored = password_hash or _dummy_hash()
     try:
-        return HASHER.verify(password_hash or _DUMMY_HASH, password) and password_hash is not None
+        with _hash_slots:
+            return HASHER.verify(stored, password) and password_hash is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

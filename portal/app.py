@@ -64,6 +64,9 @@ def create_app(env: Mapping[str, str] | None = None, *, clock: Clock | None = No
     )
     app.json.ensure_ascii = False
     app.extensions["enrs.settings"] = settings
+    from idp import passwords
+
+    passwords.limit_concurrent_hashes(settings.password_hash_concurrency)
     if clock is not None:
         app.extensions["enrs.clock"] = clock
 

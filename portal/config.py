@@ -67,6 +67,7 @@ class Settings:
     metrics_token: str | None
     trusted_proxies: int
     audit_retention_days: int
+    password_hash_concurrency: int
 
     @property
     def is_development(self) -> bool:
@@ -112,6 +113,7 @@ KNOWN_VARIABLES: dict[str, str] = {
     "ENRS_METRICS_TOKEN": "bearer token that also opens /metrics (optional)",
     "ENRS_TRUSTED_PROXIES": "number of reverse proxies whose X-Forwarded-* headers are trusted (default 0)",
     "ENRS_AUDIT_RETENTION_DAYS": "audit entries older than this are purged by the worker (default 365)",
+    "ENRS_PASSWORD_HASH_CONCURRENCY": "Argon2id hashes one process runs at a time (default 1; 64 MiB each)",
 }
 
 
@@ -294,6 +296,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         metrics_token=metrics_token,
         trusted_proxies=_int(env, "ENRS_TRUSTED_PROXIES", 0, 0, 5),
         audit_retention_days=_int(env, "ENRS_AUDIT_RETENTION_DAYS", 365, 30, 3650),
+        password_hash_concurrency=_int(env, "ENRS_PASSWORD_HASH_CONCURRENCY", 1, 1, 64),
     )
 
 

@@ -52,6 +52,7 @@ def test_development_generates_and_keeps_a_secret_key(tmp_path):
     ({"ENRS_PSC_DISCOVERY_URL": "https://psc/.well-known/wallet-openid-configuration"}, "ENRS_PSC_CLIENT_ID"),
     ({"ENRS_MAIL_FROM": "pas une adresse"}, "ENRS_MAIL_FROM"),
     ({"ENRS_CAPTHCA": "pow"}, "ENRS_CAPTHCA"),
+    ({"ENRS_PASSWORD_HASH_CONCURRENCY": "0"}, "ENRS_PASSWORD_HASH_CONCURRENCY"),
 ])
 def test_a_wrong_value_is_refused_with_one_line_naming_the_variable(change, variable):
     with pytest.raises(ConfigError) as info:

@@ -246,6 +246,45 @@ def test_argon2id_hash_is_stored_never_the_password(portal):
         assert user.password_hash.startswith("$argon2id$") and PASSWORD not in user.password_hash
 
 
+class BlockingHasher:
+    """Stands for argon2's hasher: each verification waits until the test lets it finish."""
+
+    def __init__(self):
+        self.running = threading.Event()
+        self.finish = threading.Event()
+
+    def verify(self, stored, password):
+        self.running.set()
+        assert self.finish.wait(10)
+        return True
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_a_process_runs_only_its_share_of_password_hashes_at_once(app_env, monkeypatch, concurrency):
+    # Each Argon2id hash holds 64 MiB: a burst of logins on a threaded worker must not
+    # run one per thread (ENRS_PASSWORD_HASH_CONCURRENCY, default 1).
+    from idp import passwords
+    from portal.app import create_app
+
+    create_app({**app_env, **({"ENRS_PASSWORD_HASH_CONCURRENCY": str(concurrency)} if concurrency > 1 else {})})
+    hasher = BlockingHasher()
+    monkeypatch.setattr(passwords, "HASHER", hasher)
+    login_in_progress = threading.Thread(target=passwords.verify_password, args=("$argon2id$stored", PASSWORD))
+    login_in_progress.start()
+    try:
+        assert hasher.running.wait(10)
+        # One hash is running: another caller gets a slot only if the process allows two.
+        extra_slot = passwords._hash_slots.acquire(blocking=False)
+        assert extra_slot is (concurrency > 1)
+        if extra_slot:
+            passwords._hash_slots.release()
+    finally:
+        hasher.finish.set()
+        login_in_progress.join(10)
+    assert passwords._hash_slots.acquire(blocking=False)  # free again once the hash is done
+    passwords._hash_slots.release()
+
+
 def test_repeated_failures_slow_down_then_lock_the_account_with_the_same_answer(portal, mailbox, clock):
     from idp.lockout import POLICY
 
