@@ -15,7 +15,7 @@ from typing import Callable
 import sqlalchemy as sa
 from flask import Flask, abort, g, redirect, request, url_for
 from flask import session as cookie
-from sqlalchemy.orm import Mapped, Session, mapped_column, relationship
+from sqlalchemy.orm import Mapped, Session, joinedload, mapped_column, relationship
 
 from idp.models import STATUS_ACTIVE, User
 from portal import audit
@@ -127,7 +127,8 @@ def _load_current():
     token = cookie.get(COOKIE_KEY)
     if not token or not isinstance(token, str):
         return
-    record = db.session.get(UserSession, token_digest(token))
+    # The user comes in the same query: every page needs both.
+    record = db.session.get(UserSession, token_digest(token), options=[joinedload(UserSession.user)])
     current = now()
     settings = current_settings()
     if (

@@ -202,10 +202,13 @@ def _subject(text: str) -> str:
 # -- what the login step calls ------------------------------------------------------------
 
 
+_HAS_TOTP = sa.select(sa.exists().where(TotpCredential.user_id == sa.bindparam("user_id"),
+                                        TotpCredential.confirmed_at.is_not(None)))
+
+
 def has_totp(session: Session, user: User) -> bool:
     """An app was enrolled and confirmed (a pending enrolment does not count). Read only."""
-    return bool(session.scalar(sa.select(sa.exists().where(
-        TotpCredential.user_id == user.id, TotpCredential.confirmed_at.is_not(None)))))
+    return bool(session.scalar(_HAS_TOTP, {"user_id": user.id}))
 
 
 def verify_totp(session: Session, user: User, code: str) -> bool:

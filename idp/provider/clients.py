@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from idp.provider.models import DEFAULT_SCOPES, SCOPES, SIGNING_ALGS, Client
+from idp.provider.server import forget_application_origins
 from portal.clock import now
 
 AUTH_METHODS = ("client_secret_basic", "client_secret_post")
@@ -129,6 +130,7 @@ def create_client(session: Session, spec: ClientSpec, known_roles: tuple[str, ..
     )
     session.add(client)
     session.flush()
+    forget_application_origins()
     return client, secret
 
 
@@ -142,6 +144,7 @@ def update_client(session: Session, client: Client, spec: ClientSpec,
         setattr(client, name, getattr(spec, name))
     if not client.is_public:
         client.token_endpoint_auth_method = spec.token_endpoint_auth_method
+    forget_application_origins()
     return client
 
 
@@ -163,6 +166,7 @@ def find_client(session: Session, client_id: str) -> Client | None:
 def remove_client(session: Session, client: Client) -> None:
     """Removes the application with its codes, tokens and favourites (cascade)."""
     session.delete(client)
+    forget_application_origins()
 
 
 def list_clients(session: Session) -> list[Client]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -29,7 +30,7 @@ from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 from authlib.oidc.core.grants import OpenIDCode
 from authlib.oidc.core.grants.util import create_half_hash
 from authlib.oidc.rpinitiated import EndSessionEndpoint
-from flask import Flask, current_app, g
+from flask import Flask, current_app, g, has_app_context
 from joserfc import jwt
 
 from idp.models import STATUS_ACTIVE, User
@@ -391,19 +392,23 @@ class PortalAuthorizationServer(AuthorizationServer):
 
 class SessionBoundBearer(BearerTokenValidator):
     """A bearer access token is good while it is unexpired, unrevoked and its portal
-    session is alive: logging out of the portal ends what the apps can read at once."""
+    session is alive: logging out of the portal ends what the apps can read at once.
+    Read with its session and user in one Core query (userinfo follows every login)."""
 
-    def authenticate_token(self, token_string: str) -> Token | None:
-        row = find_token(token_string, "access_token")
-        if row is None or getattr(row, "presented_as", "") != "access_token":
+    def authenticate_token(self, token_string: str) -> TokenRecord | None:
+        if not isinstance(token_string, str) or not token_string or len(token_string) > 128:
             return None
-        return row
+        return store.access_token(_connection(), digest(token_string))
 
-    def validate_token(self, token: Token, scopes, request) -> None:
-        from authlib.oauth2.rfc6750 import InvalidTokenError
+    def validate_token(self, token: TokenRecord | None, scopes, request) -> None:
+        from authlib.oauth2.rfc6750 import InsufficientScopeError, InvalidTokenError
 
-        if token is None or not token_active(token, now()):
+        current = now()
+        if (token is None or token.revoked_at is not None or token.access_expires_at <= current
+                or not _session_alive(token.portal_session, current)):
             raise InvalidTokenError(realm=self.realm)
+        if self.scope_insufficient(token.get_scope(), scopes):
+            raise InsufficientScopeError()
 
 
 def _expires_in(client, grant_type: str) -> int:
@@ -440,20 +445,41 @@ def init_provider(app: Flask) -> PortalAuthorizationServer:
 FORMS_LEADING_TO_APPLICATIONS = {"login.login", "login.code", "account.accept_cgu", "oidc.end_session"}
 
 
+# Every login page names the applications' origins: read once per process and kept a
+# short while (registering or changing an application here forgets them at once; other
+# processes see the change within this delay).
+APPLICATION_ORIGINS_SECONDS = 30
+_APPLICATION_URIS = (sa.select(Client.__table__.c.redirect_uris, Client.__table__.c.post_logout_redirect_uris)
+                     .where(Client.__table__.c.disabled_at.is_(None)))
+
+
+def _application_origins() -> list[str]:
+    from portal.security import origin_of
+
+    cached = current_app.extensions.get("enrs.application_origins")
+    if cached is not None and time.monotonic() - cached[1] < APPLICATION_ORIGINS_SECONDS:
+        return cached[0]
+    rows = db.session.connection().execute(_APPLICATION_URIS).all()
+    origins = {origin_of(uri) for redirects, logouts in rows for uri in [*redirects, *logouts]}
+    cached = (sorted(o for o in origins if o), time.monotonic())
+    current_app.extensions["enrs.application_origins"] = cached
+    return cached[0]
+
+
+def forget_application_origins() -> None:
+    if has_app_context():
+        current_app.extensions.pop("enrs.application_origins", None)
+
+
 def _allow_forms_to_lead_to_applications(response):
     from flask import request
-
-    from portal.security import origin_of
 
     if (request.endpoint in FORMS_LEADING_TO_APPLICATIONS and response.mimetype == "text/html"
             and response.status_code < 500):
         try:
-            rows = db.session.execute(sa.select(Client.redirect_uris, Client.post_logout_redirect_uris)
-                                      .where(Client.disabled_at.is_(None))).all()
+            g.form_action_origins = _application_origins()
         except sa.exc.SQLAlchemyError:
             return response  # the database is away: the strict policy stands
-        origins = {origin_of(uri) for redirects, logouts in rows for uri in [*redirects, *logouts]}
-        g.form_action_origins = sorted(o for o in origins if o)
     return response
 
 

@@ -82,6 +82,16 @@ _SESSION_WITH_USER = (
     .join_from(_sessions, _users, _sessions.c.user_id == _users.c.id)
     .where(_sessions.c.id == sa.bindparam("session_id"))
 )
+_ACCESS_TOKEN = (
+    sa.select(_tokens.c.id, _tokens.c.client_pk, _tokens.c.scope, _tokens.c.revoked_at,
+              _tokens.c.access_expires_at,
+              *(_sessions.c[name].label(f"session_{name}") for name in
+                ("id", "public_id", "created_at", "last_seen_at", "expires_at", "revoked_at")),
+              *(_users.c[name].label(f"user_{name}") for name in _USER_COLUMNS))
+    .join_from(_tokens, _sessions, _tokens.c.session_id == _sessions.c.id)
+    .join(_users, _sessions.c.user_id == _users.c.id)
+    .where(_tokens.c.access_token_hash == sa.bindparam("b_hash"))
+)
 _TOUCH_SESSION = (_sessions.update().where(_sessions.c.id == sa.bindparam("b_id"))
                   .values(last_seen_at=sa.bindparam("b_now")))
 
@@ -108,20 +118,38 @@ def refresh_token_owner(connection: Connection, refresh_hash: str) -> Row | None
     return connection.execute(_TOKEN_BY_REFRESH, {"b_hash": refresh_hash}).first()
 
 
-def session_with_user(connection: Connection, session_id: str) -> SessionRecord | None:
-    row = connection.execute(_SESSION_WITH_USER, {"session_id": session_id}).first()
-    if row is None:
-        return None
-    values = row._mapping
-    record = SessionRecord.__new__(SessionRecord)
+def _split(row: Row, record: Record) -> Record:
+    """Fills `record` from a joined row: `session_*` columns go to `.portal_session`,
+    `user_*` ones to its (or the record's) `.user`."""
     user = Record.__new__(Record)
-    for key, value in values.items():
+    portal_session = None
+    for key, value in row._mapping.items():
         if key.startswith("user_"):
             setattr(user, key[5:], value)
+        elif key.startswith("session_"):
+            if portal_session is None:
+                portal_session = SessionRecord.__new__(SessionRecord)
+            setattr(portal_session, key[8:], value)
         else:
             setattr(record, key, value)
-    record.user = user
+    if portal_session is not None:
+        portal_session.user = user
+        record.portal_session = portal_session
+    else:
+        record.user = user
     return record
+
+
+def session_with_user(connection: Connection, session_id: str) -> SessionRecord | None:
+    row = connection.execute(_SESSION_WITH_USER, {"session_id": session_id}).first()
+    return _split(row, SessionRecord.__new__(SessionRecord)) if row is not None else None
+
+
+def access_token(connection: Connection, access_hash: str) -> TokenRecord | None:
+    """An access token with its portal session (`.portal_session`) and user: what a bearer
+    call (userinfo) needs, in one query."""
+    row = connection.execute(_ACCESS_TOKEN, {"b_hash": access_hash}).first()
+    return _split(row, TokenRecord.__new__(TokenRecord)) if row is not None else None
 
 
 def touch_session(connection: Connection, session_id: str, current: datetime) -> None:

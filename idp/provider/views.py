@@ -248,10 +248,7 @@ def userinfo():
             if name.lower() == "www-authenticate":
                 response.headers[name] = value
         return response
-    from idp.models import User
-
-    user = db.session.get(User, row.user_id)
-    return _json_no_store(user_claims(db.session, user, row.scope))
+    return _json_no_store(user_claims(db.session, row.portal_session.user, row.scope))
 
 
 @bp.post("/oauth/revoke")

@@ -23,6 +23,7 @@ from idp.provider.clients import (
     update_client,
 )
 from idp.provider.models import DEFAULT_SCOPES, SIGNING_ALGS, Client
+from idp.provider.server import forget_application_origins
 from idp.sessions import super_admin_required
 from onboarding.models import ROLE_LABELS
 from portal import audit
@@ -271,6 +272,7 @@ def disable(app_id: int):
         client.disabled_at = now()
         _audit("app.disabled", client)
         db.session.commit()
+        forget_application_origins()
     flash(f"L'application « {client.name} » est désactivée : sa tuile n'est plus affichée et elle ne peut "
           "plus obtenir de jetons.", "success")
     return redirect(url_for(".index"), code=303)
@@ -286,6 +288,7 @@ def enable(app_id: int):
         client.disabled_at = None
         _audit("app.enabled", client)
         db.session.commit()
+        forget_application_origins()
     flash(f"L'application « {client.name} » est réactivée.", "success")
     return redirect(url_for(".index"), code=303)
 
