@@ -12,7 +12,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from bench.load.journey import HTTP_STEPS, Inbox, JourneyError, RelyingParty, journey
-from bench.load.processes import Served, cpu_seconds, machine_busy_seconds, rss_kib
+from bench.load.processes import Served, cpu_seconds, machine_busy_seconds, pss_kib, rss_kib
 from bench.load.setup import Account
 
 
@@ -28,6 +28,9 @@ def summary_ms(values: list[float]) -> dict[str, float | int]:
     return {"n": len(ordered), "p50_ms": round(percentile(ordered, 0.50) * 1000, 1),
             "p95_ms": round(percentile(ordered, 0.95) * 1000, 1),
             "p99_ms": round(percentile(ordered, 0.99) * 1000, 1), "max_ms": round(ordered[-1] * 1000, 1)}
+
+
+STALE_JOURNEY_SECONDS = 3.0
 
 
 @dataclass
@@ -48,6 +51,7 @@ class Window:
     rss_max_kib: dict[int, int] = field(default_factory=dict)
     in_flight_start: int = 0
     in_flight_end: int = 0
+    in_flight_stale: int = 0  # of those, journeys running for more than STALE_JOURNEY_SECONDS
     loop_lag: list[float] = field(default_factory=list)  # the driver's own event-loop delays
 
     @property
@@ -84,6 +88,7 @@ class Window:
             "sso_handoffs_per_s": round(self.rate("sso_handoff"), 3),
             "journeys_completed": self.marks["journey"],
             "in_flight_start_end": [self.in_flight_start, self.in_flight_end],
+            "in_flight_stale_at_end": self.in_flight_stale,
             "errors": dict(self.errors),
             "keepalive_retries": self.marks["keepalive_retry"],
             "steps": steps,
@@ -110,7 +115,9 @@ class Driver:
     free: deque = field(init=False)
     window: Window | None = None
     in_flight: set = field(default_factory=set)
+    launched_at: dict = field(default_factory=dict)  # task → perf_counter at its launch
     rss_samples: dict[int, list[int]] = field(default_factory=dict)
+    pss_samples: dict[int, list[int]] = field(default_factory=dict)
     worker_pids_seen: set = field(default_factory=set)
     totals: Counter = field(default_factory=Counter)  # every window, and between them
     sso: bool = True
@@ -201,7 +208,8 @@ class Driver:
                 self.window.loop_lag.append(max(0.0, time.perf_counter() - started - period))
 
     async def sample_memory(self) -> None:
-        """Every second, the resident memory of each gunicorn worker (what `ps -o rss` shows)."""
+        """Every second, the resident memory of each gunicorn worker (what `ps -o rss` shows)
+        and its proportional share (PSS)."""
         while True:
             for pid in self.served.worker_pids():
                 self.worker_pids_seen.add(pid)
@@ -209,6 +217,9 @@ class Driver:
                 if found is None:
                     continue
                 self.rss_samples.setdefault(pid, []).append(found[0])
+                pss = pss_kib(pid)
+                if pss is not None:
+                    self.pss_samples.setdefault(pid, []).append(pss)
                 if self.window is not None:
                     self.window.rss_max_kib[pid] = max(self.window.rss_max_kib.get(pid, 0), found[0])
             await asyncio.sleep(1.0)
@@ -242,7 +253,16 @@ class Driver:
             return
         task = asyncio.create_task(self._one(self.free.popleft()))
         self.in_flight.add(task)
+        self.launched_at[task] = time.perf_counter()
         task.add_done_callback(self.in_flight.discard)
+        task.add_done_callback(self._forget_launch)
+
+    def _forget_launch(self, task) -> None:
+        self.launched_at.pop(task, None)
+
+    def in_flight_older_than(self, seconds: float) -> int:
+        limit = time.perf_counter() - seconds
+        return sum(1 for task in self.in_flight if self.launched_at.get(task, limit) < limit)
 
     async def offer(self, window: Window, seconds: float) -> Window:
         """Arrivals at window.offered_per_s for `seconds`; the window closes at the end
@@ -265,6 +285,9 @@ class Driver:
         window.ended, window.wall_ended = time.perf_counter(), time.time()
         window.cpu_end = self._cpu()
         window.in_flight_end = len(self.in_flight)
+        # Journeys still running long after they began: a queue building up, not arrivals
+        # that happened to land near the end (an unhurried journey takes well under 1 s).
+        window.in_flight_stale = self.in_flight_older_than(STALE_JOURNEY_SECONDS)
         self.window = None
         return window
 

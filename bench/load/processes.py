@@ -40,6 +40,20 @@ def rss_kib(pid: int) -> tuple[int, int] | None:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
+def pss_kib(pid: int) -> int | None:
+    """Proportional set size in KiB: the pages only this process uses, plus its share of
+    those it shares (the Python interpreter, libcrypto, libpq... mapped by every worker).
+    Summed over the workers it is the memory they take together, which RSS overstates."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process (all its threads)."""
     try:

@@ -73,8 +73,11 @@ def render(result: dict) -> str:
     memory = result["memory_mib_per_worker"]
     lines += ["", f"Memory per worker (MiB): idle {memory['idle_after_warm_up']}, highest sampled under load "
               f"{memory['max_sampled_under_load']}, peak (VmHWM) {memory['peak_vmhwm_at_end']}, at the end "
-              f"{memory['at_end']}.", "", "Targets: " + ", ".join(
-                  f"{name} {'yes' if met else 'NO'}" for name, met in result["targets"].items())]
+              f"{memory['at_end']}; proportional (PSS) highest sampled under load "
+              f"{memory.get('pss_max_sampled_under_load', '–')}.", "", "Targets: " + ", ".join(
+                  f"{name} {'yes' if met else 'NO'}" for name, met in result["targets"].items()),
+              "Other readings: " + ", ".join(f"{name} {'yes' if met else 'NO'}"
+                                             for name, met in result.get("targets_other_readings", {}).items())]
     return "\n".join(lines)
 
 

@@ -102,11 +102,15 @@ def _saturated(window: Window, ceiling: float) -> str | None:
     if p95 > ceiling * 1000:
         return f"p95 of the password step {p95:.0f} ms > {ceiling * 1000:.0f} ms"
     # Falling behind: journeys pile up (more in flight at the end than at the start, beyond
-    # the jitter of random arrivals) and fewer logins completed than journeys arrived.
+    # the jitter of random arrivals), fewer logins completed than journeys arrived, and
+    # some of those in flight have been waiting long (a burst of arrivals just before the
+    # end of a stage is not a queue: those journeys are young).
     growth = window.in_flight_end - window.in_flight_start
-    if growth > max(4, 0.15 * window.arrivals) and report["full_logins"] < 0.9 * window.arrivals:
+    if (growth > max(4, 0.15 * window.arrivals) and report["full_logins"] < 0.9 * window.arrivals
+            and window.in_flight_stale >= 2):
         return (f"falling behind: {report['full_logins']} logins completed for {window.arrivals} arrivals, "
-                f"{growth} more journeys in flight at the end of the stage than at its start")
+                f"{growth} more journeys in flight at the end of the stage than at its start, "
+                f"{window.in_flight_stale} of them running for long")
     return None
 
 
@@ -322,6 +326,8 @@ def _results(settings: Settings, outcome: dict, served: Served, hash_rate: float
     # stopped there) and the fixed phase.
     errors_below = sum(fixed.errors.values())
     rss_max = {pid: max(values) for pid, values in driver.rss_samples.items()}
+    pss_max = {pid: max(values) for pid, values in driver.pss_samples.items()}
+    every_request_p95 = fixed_report["all_requests"].get("p95_ms")
     step_p95s = {step: s["p95_ms"] for step, s in fixed_report["steps"].items() if step != "mail" and s.get("n")}
     best_logins = max((r.sustained.report()["full_logins_per_s"] for r in (journey, logins) if r.sustained),
                       default=None)
@@ -361,9 +367,17 @@ def _results(settings: Settings, outcome: dict, served: Served, hash_rate: float
             "zero_errors_below_saturation": errors_below == 0,
             "rss_lt_150_mib_per_worker": bool(rss_max) and max(rss_max.values()) < 150 * 1024,
         },
+        # Other readings of the same targets, reported beside the strict ones above: the p95
+        # over every request of the fixed phase (not step by step), and the memory a worker
+        # takes when the pages every worker shares are counted once (PSS).
+        "targets_other_readings": {
+            "p95_all_requests_lt_300_ms_at_70_percent": every_request_p95 is not None and every_request_p95 < 300,
+            "pss_lt_150_mib_per_worker": bool(pss_max) and max(pss_max.values()) < 150 * 1024,
+        },
         "memory_mib_per_worker": {
             "idle_after_warm_up": sorted(round(v[0] / 1024, 1) for v in idle_rss.values() if v),
             "max_sampled_under_load": sorted(round(v / 1024, 1) for v in rss_max.values()),
+            "pss_max_sampled_under_load": sorted(round(v / 1024, 1) for v in pss_max.values()),
             "at_end": sorted(round(v[0] / 1024, 1) for v in end_rss.values() if v),
             "peak_vmhwm_at_end": sorted(round(v[1] / 1024, 1) for v in end_rss.values() if v),
             "worker_processes_seen": len(driver.worker_pids_seen),
