@@ -26,7 +26,6 @@ in-process (cProfile) and prints the top functions.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -409,23 +408,19 @@ class PostgresUnreachable(Exception):
     pass
 
 
-@contextlib.contextmanager
+@contextmanager
 def postgresql_schema():
     """A URL of PG_URL in a schema of its own, dropped afterwards."""
+    from bench.finess import throwaway_schema
+
     try:
-        engine = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        schema = f"enrs_bench_token_{uuid.uuid4().hex[:8]}"
-        with engine.begin() as connection:
-            connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+        probe = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        probe.connect().close()
+        probe.dispose()
     except Exception as error:
         raise PostgresUnreachable(str(error)) from error
-    separator = "&" if "?" in PG_URL else "?"
-    try:
-        yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with engine.begin() as connection:
-            connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
-        engine.dispose()
+    with throwaway_schema(PG_URL) as url:
+        yield url
 
 
 def run() -> dict[str, object]:

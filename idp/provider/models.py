@@ -139,6 +139,7 @@ class AuthorizationCode(CodeRules, Base):
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
 
+
 class Token(TokenRules, Base):
     """An access token and, usually, the refresh token issued with it. A refresh creates
     a new row in the same family; reusing a rotated refresh token revokes the family."""
