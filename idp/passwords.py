@@ -43,9 +43,15 @@ def limit_concurrent_hashes(count: int) -> None:
 @lru_cache(maxsize=1)
 def _dummy_hash() -> str:
     # Verified for unknown users, so that a login for a missing account costs the same as
-    # one with a wrong password. Made at first need, not at import: every process would
-    # otherwise pay a hash (and its 64 MiB) before serving anything.
+    # one with a wrong password. Not made at import (every import would pay a hash): the
+    # app prepares it in the background at start (prepare_dummy_hash), so that the first
+    # login for an unknown account is not the one that pays for it, which would tell.
     return hash_password(secrets.token_urlsafe(16))
+
+
+def prepare_dummy_hash() -> None:
+    if _dummy_hash.cache_info().currsize == 0:
+        threading.Thread(target=_dummy_hash, name="enrs-dummy-hash", daemon=True).start()
 
 HISTORY_SIZE = 5
 SPECIALS = "!#$%&()*+,-./:;<=>?@[]^_{|}~"

@@ -67,6 +67,7 @@ def create_app(env: Mapping[str, str] | None = None, *, clock: Clock | None = No
     from idp import passwords
 
     passwords.limit_concurrent_hashes(settings.password_hash_concurrency)
+    passwords.prepare_dummy_hash()
     if clock is not None:
         app.extensions["enrs.clock"] = clock
 

@@ -267,6 +267,7 @@ def test_a_process_runs_only_its_share_of_password_hashes_at_once(app_env, monke
     from portal.app import create_app
 
     create_app({**app_env, **({"ENRS_PASSWORD_HASH_CONCURRENCY": str(concurrency)} if concurrency > 1 else {})})
+    passwords._dummy_hash()  # the app prepares it in the background: done before the real hasher goes
     hasher = BlockingHasher()
     monkeypatch.setattr(passwords, "HASHER", hasher)
     login_in_progress = threading.Thread(target=passwords.verify_password, args=("$argon2id$stored", PASSWORD))
@@ -283,6 +284,21 @@ def test_a_process_runs_only_its_share_of_password_hashes_at_once(app_env, monke
         login_in_progress.join(10)
     assert passwords._hash_slots.acquire(blocking=False)  # free again once the hash is done
     passwords._hash_slots.release()
+
+
+def test_the_hash_for_unknown_accounts_is_ready_before_the_first_login_asks(app_env):
+    # Made at the first login for an unknown account, it would make that login twice as
+    # slow as a wrong password: a timing tell. The app prepares it when it starts.
+    from idp import passwords
+    from portal.app import create_app
+
+    passwords._dummy_hash.cache_clear()
+    create_app(app_env)
+    for thread in threading.enumerate():
+        if thread.name == "enrs-dummy-hash":
+            thread.join(30)
+    assert passwords._dummy_hash.cache_info().currsize == 1
+    assert passwords._dummy_hash().startswith("$argon2id$")
 
 
 def test_repeated_failures_slow_down_then_lock_the_account_with_the_same_answer(portal, mailbox, clock):

@@ -10,7 +10,8 @@ from idp.models import User, UserEstablishment, UserRole
 from idp.provider.models import Client
 
 # Built once on the tables (they run for every token and userinfo call): compiled once,
-# and run as Core statements, without the ORM's per-statement work.
+# and run as Core statements, without the ORM's per-statement work. Being Core, they do
+# not autoflush: a role changed in the same request must be flushed before asking.
 _roles = UserRole.__table__
 _establishments = UserEstablishment.__table__
 _ROLES = (sa.select(_roles.c.role, _roles.c.finess)

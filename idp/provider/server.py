@@ -199,7 +199,10 @@ class RotatingRefreshGrant(RefreshTokenGrant):
         client = self.request.client
         current = now()
         # The usual case in one round trip: this client's live token, rotated as it is read.
-        # Anything refused afterwards rolls the rotation back with the request.
+        # Anything refused afterwards rolls the rotation back with the request. Two refreshes
+        # of one token at the same instant: the second waits for the first's row lock, then
+        # finds it rotated and revokes the family, as for any replay (RFC 9700 §4.14.2: the
+        # server cannot tell the legitimate client from an attacker; both must log in again).
         row = store.rotate_refresh_token(_connection(), refresh_hash, client.id, current)
         if row is not None:
             record = store.session_with_user(_connection(), row.session_id)

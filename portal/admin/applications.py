@@ -206,6 +206,7 @@ def create():
                 _audit("app.created", client, {"public": client.is_public, "redirect_uris": client.redirect_uris,
                                                "required_role": client.required_role})
                 db.session.commit()
+                forget_application_origins()  # after the commit: a reload in between would see the old list
                 # The secret is in this answer only (never stored, never in a redirect).
                 return _secret_page(client, secret, created=True)
     return _form_page(form, errors, None)
@@ -232,6 +233,7 @@ def edit(app_id: int):
             if changed:
                 _audit("app.updated", client, {"changed": changed})
             db.session.commit()
+            forget_application_origins()  # after the commit: a reload in between would see the old list
             flash(f"L'application « {client.name} » est enregistrée." if changed
                   else f"Aucune modification de « {client.name} ».", "success")
             return redirect(url_for(".index"), code=303)
@@ -304,6 +306,7 @@ def remove(app_id: int):
         _audit("app.removed", client)
         remove_client(db.session, client)
         db.session.commit()
+        forget_application_origins()  # after the commit: a reload in between would see the old list
         flash(f"L'application « {name} » est supprimée.", "success")
         return redirect(url_for(".index"), code=303)
     return render_template(
