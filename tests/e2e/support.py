@@ -17,6 +17,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from tests.conftest import Mailbox, SMTPServer, free_port
+from tests.processes import end_process, log_tail
 
 E2E_DIR = Path(__file__).resolve().parent
 ARTIFACTS = E2E_DIR / "artifacts"
@@ -199,21 +200,12 @@ class Portal:
         raise AssertionError(f"portal not ready after {READY_TIMEOUT:.0f} s ({last_error}):\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def stop(self) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        end_process(self.process)
         self.process = None
         if self._app is not None:
             self._app.extensions["enrs.db"]["engine"].dispose()
@@ -346,19 +338,10 @@ class RorApp:
         raise AssertionError(f"the ROR app is not ready after {READY_TIMEOUT:.0f} s:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_path, lines)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        end_process(self.process)
         self.process = None
 
 

@@ -48,6 +48,7 @@ from tests.attestation_samples import noise_png, simple_pdf
 from tests.conftest import free_port
 from tests.e2e.support import MailServer, WaitingMailbox, login_code_in
 from tests.journeys import CAPTCHA_ID_RE, csrf, field_value, registration_data
+from tests.processes import end_process, log_tail
 
 FAULTS = Path(__file__).resolve().parent
 REPO = FAULTS.parent.parent
@@ -180,31 +181,31 @@ def open_files(pid: int) -> list[str]:
     return paths
 
 
+def _worker_with_open_file(stack: "Stack", timeout: float, wanted) -> int | None:
+    """The gunicorn worker holding an open file whose path `wanted` accepts, watched for at
+    most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in stack.worker_pids():
+            if any(wanted(path) for path in open_files(pid)):
+                return pid
+        time.sleep(0.002)
+    return None
+
+
 def worker_handling_big_upload(stack: "Stack", timeout: float) -> int | None:
     """The gunicorn worker that holds a spooled upload (Werkzeug keeps a request body
     above 500 KB in an unnamed temporary file until the request ends): it is in the
     middle of a big upload's request, past the login check."""
     spool = tempfile.gettempdir() + "/#"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for pid in stack.worker_pids():
-            if any(path.startswith(spool) and path.endswith("(deleted)") for path in open_files(pid)):
-                return pid
-        time.sleep(0.002)
-    return None
+    return _worker_with_open_file(stack, timeout, lambda path: path.startswith(spool) and path.endswith("(deleted)"))
 
 
 def worker_writing_to_store(stack: "Stack", timeout: float) -> int | None:
     """The gunicorn worker that is writing an attestation into the store right now (it
     holds a `.part` file of the store open), watched for at most `timeout` seconds."""
     store = str(stack.store_root) + "/"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for pid in stack.worker_pids():
-            if any(path.startswith(store) and path.endswith(".part") for path in open_files(pid)):
-                return pid
-        time.sleep(0.002)
-    return None
+    return _worker_with_open_file(stack, timeout, lambda path: path.startswith(store) and path.endswith(".part"))
 
 
 class HoldingMailbox(WaitingMailbox):
@@ -290,13 +291,7 @@ class RedisServer:
             client.close()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        end_process(self.process)
         self.process = None
 
 
@@ -393,11 +388,7 @@ class Stack:
         return children_of(self.server.pid) if self.server else []
 
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = (self.artifacts / "gunicorn.log").read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
+        return log_tail(self.artifacts / "gunicorn.log", lines)
 
     def logged_tracebacks(self) -> int:
         """Unhandled errors the portal logged (the operator's side, not the user's)."""
@@ -606,6 +597,8 @@ class Person:
             self.load.sleep(random.uniform(0.05, 0.25))
 
     def once(self) -> None:
+        # What a person does in the load's loop; a person driven step by step (the Redis
+        # test's burst) has none.
         raise NotImplementedError
 
 
