@@ -257,6 +257,17 @@ def login(page: Page, portal: Portal, username: str, password: str, email: str, 
     expect_logged_in(page)
 
 
+def log_in_as_ror_referent(portal: Portal, open_page, shots, person: Person, password: str) -> Page:
+    """A professional of Dreux holding the ROR role (as an approved request leaves it),
+    logged in in a browser page of their own: where J7 and J8 start."""
+    login_id = portal.create_professional(email=person.email, password=password, first_name=person.first_name,
+                                          last_name=person.last_name, finess=DREUX.finess)
+    portal.grant_role(person.email, ROR_REFERENT, DREUX.finess)
+    page = open_page(portal, name="professional")
+    login(page, portal, login_id, password, person.email, shots)
+    return page
+
+
 def logout(page: Page) -> None:
     page.get_by_role("button", name="Se déconnecter").click()
     expect(page.get_by_role("status")).to_contain_text("Vous êtes déconnecté.")

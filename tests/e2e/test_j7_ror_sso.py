@@ -9,14 +9,13 @@ from playwright.sync_api import expect
 from tests.e2e.steps import (
     DREUX,
     ROR_APP_NAME,
-    ROR_REFERENT,
     Person,
     app_tile,
     expect_my_apps,
     expect_ror_signed_out,
     expect_ror_welcome,
     favourites,
-    login,
+    log_in_as_ror_referent,
     logout,
     open_app,
     other_apps,
@@ -29,12 +28,7 @@ PASSWORD = "Referente-Offre-2026!"
 def test_ror_tile_single_sign_on_then_back_channel_logout(sso, open_page, shots):
     portal, ror = sso.portal, sso.ror
     person = Person("Sophie", "Marchand")
-    login_id = portal.create_professional(email=person.email, password=PASSWORD, first_name=person.first_name,
-                                          last_name=person.last_name, finess=DREUX.finess)
-    portal.grant_role(person.email, ROR_REFERENT, DREUX.finess)
-
-    page = open_page(portal, name="professional")
-    login(page, portal, login_id, PASSWORD, person.email, shots)
+    page = log_in_as_ror_referent(portal, open_page, shots, person, PASSWORD)
     # After the login: "Mes applications", the ROR tile among the other applications.
     expect_my_apps(page)
     expect(favourites(page)).to_contain_text("Vous n'avez pas d'applications favorites.")

@@ -11,12 +11,11 @@ from playwright.sync_api import Page, expect
 from tests.e2e.steps import (
     DREUX,
     ROR_APP_NAME,
-    ROR_REFERENT,
     Person,
     expect_logged_in,
     expect_my_apps,
     expect_ror_welcome,
-    login,
+    log_in_as_ror_referent,
     logout,
     open_app,
     starts,
@@ -37,12 +36,7 @@ def expect_psc_identity_page(page: Page, sso) -> None:
 def test_link_the_e_cps_then_log_in_with_pro_sante_connect(sso, open_page, shots):
     portal = sso.portal
     person = Person("Nathalie", "Dupont")
-    login_id = portal.create_professional(email=person.email, password=PASSWORD, first_name=person.first_name,
-                                          last_name=person.last_name, finess=DREUX.finess)
-    portal.grant_role(person.email, ROR_REFERENT, DREUX.finess)
-
-    page = open_page(portal, name="professional")
-    login(page, portal, login_id, PASSWORD, person.email, shots)
+    page = log_in_as_ror_referent(portal, open_page, shots, person, PASSWORD)
 
     # Mon compte → Pro Santé Connect → "Lier ma carte e-CPS".
     page.get_by_role("navigation", name="Menu principal").get_by_role("link", name="Mon compte").click()
