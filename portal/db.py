@@ -1,6 +1,7 @@
 """SQLAlchemy 2 engine and sessions, the shared Base, and the Alembic glue."""
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -115,8 +116,16 @@ class Database:
     @staticmethod
     def _close_session(_exc: BaseException | None) -> None:
         session = g.pop("_enrs_db_session", None)
-        if session is not None:
+        if session is None:
+            return
+        try:
             session.close()
+        except sa.exc.DBAPIError:
+            # The connection died after the view had its answer (database restarted):
+            # closing rolls back on it and fails. The page is already right, so keep it;
+            # invalidating drops the dead connection instead of returning it to the pool.
+            logging.getLogger("enrs.db").warning("request session closed on a dead connection", exc_info=True)
+            session.invalidate()
 
 
 db = Database()

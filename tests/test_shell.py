@@ -74,6 +74,30 @@ def test_unexpected_error_shows_a_french_500_without_trace(app):
     assert "Erreur interne" in page and "secret internals" not in page and "Traceback" not in page
 
 
+def test_a_page_already_answered_survives_its_database_connection_dying_at_the_end(app):
+    """PostgreSQL restarted after the view read what it needed: closing the request's
+    session rolls back on a dead connection, which must not turn the page into a 500."""
+    import sqlalchemy as sa
+
+    from portal.db import db
+
+    @app.get("/read-then-lose-the-database")
+    def read_then_lose_the_database():
+        pid = db.session.execute(sa.text("SELECT 1")).scalar()
+        connection = db.session.connection()
+        if connection.dialect.name == "postgresql":
+            pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            with sa.create_engine(connection.engine.url).begin() as other:
+                other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        else:
+            connection.connection.dbapi_connection.close()
+        return "lu"
+
+    response = app.test_client().get("/read-then-lose-the-database")
+    assert (response.status_code, response.get_data(as_text=True)) == (200, "lu")
+    assert app.test_client().get("/").status_code == 200  # the dead connection left the pool
+
+
 def test_legal_pages_exist(client):
     for path, title in [("/mentions-legales", "Mentions légales"), ("/contact", "Contact"),
                         ("/accessibilite", "Déclaration d'accessibilité")]:
