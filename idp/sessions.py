@@ -124,6 +124,7 @@ def revoke_all(session: Session, user: User, *, except_id: str | None = None, re
 def _load_current():
     g.user = None
     g.user_session = None
+    g.user_id = None
     token = cookie.get(COOKIE_KEY)
     if not token or not isinstance(token, str):
         return
@@ -145,6 +146,7 @@ def _load_current():
         db.session.commit()
     g.user = record.user
     g.user_session = record
+    g.user_id = record.user_id
     if (record.user.cgu_version_id != _current_cgu_id() and request.endpoint not in CGU_EXEMPT_ENDPOINTS
             and request.blueprint not in CGU_EXEMPT_BLUEPRINTS):
         g.cgu_outdated = True

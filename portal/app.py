@@ -7,7 +7,7 @@ from typing import Mapping
 
 from flask import Flask, jsonify, render_template, request
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, InternalServerError
 
 from portal.clock import Clock
 from portal.config import Settings, load_settings
@@ -187,7 +187,7 @@ def _register_error_pages(app: Flask) -> None:
         title, text = ERROR_PAGES.get(code, ERROR_PAGES[500] if code >= 500 else ERROR_PAGES[400])
         if _wants_json():
             return jsonify(error=title, message=description or text), code
-        return render_template("errors/error.html", code=code, title=title, text=text), code
+        return _error_page(code, title, text), code
 
     @app.errorhandler(413)
     def _too_large(exc: HTTPException):
@@ -215,41 +215,60 @@ def _register_error_pages(app: Flask) -> None:
                 "Rechargez la page et renvoyez-le.")
         if _wants_json():
             return jsonify(error=title, message=text), 400
-        return render_template("errors/error.html", code=400, title=title, text=text), 400
+        return _error_page(400, title, text), 400
+
+    def server_error(exc: BaseException):
+        unavailable = _is_connection_error(exc)
+        # The page must render without the database: no user menu, no console counts
+        # (the rollback expires the user, whose attributes would need the database).
+        _forget_request_user()
+        body, status = render_error(503 if unavailable else 500)
+        return (body, status, {"Retry-After": "10"}) if unavailable else (body, status)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
-        from flask import g
-        from sqlalchemy.exc import DBAPIError
-
         app.logger.exception("unhandled error on %s %s", request.method, request.path)
-        unavailable = isinstance(exc, DBAPIError) and exc.connection_invalidated or _is_connection_error(exc)
-        try:
-            db.session.rollback()
-        except Exception:
-            pass
-        # The page must render without the database: no user menu, no console counts
-        # (the rollback expired the user, whose attributes would need the database).
-        g.user = None
-        g.user_session = None
-        code = 503 if unavailable else 500
-        try:
-            response = render_error(code)
-        except Exception:
-            title, text = ERROR_PAGES[code]
-            response = (f'<!doctype html><html lang="fr"><meta charset="utf-8"><title>{title}</title>'
-                        f'<h1 id="titre-erreur">{title}</h1><p>{text}</p><p>Code d\'erreur : {code}</p>', code)
-        if unavailable:
-            body, status = response
-            return body, status, {"Retry-After": "10"}
-        return response
+        return server_error(exc)
+
+    @app.errorhandler(InternalServerError)
+    def _internal(exc: InternalServerError):
+        # Flask comes here (having logged it) for what failed outside the view's own
+        # handling: an after-request hook, an error handler; also abort(500).
+        return server_error(exc.original_exception or exc)
 
     @app.errorhandler(429)
     def _too_many(exc: HTTPException):
         return render_error(429)
 
 
-def _is_connection_error(exc: Exception) -> bool:
+def _error_page(code: int, title: str, text: str) -> str:
+    """The French error page. Its layout may need the database (the user's menu, the
+    console's counts); when that fails too, the page is drawn again without the user,
+    and as bare HTML at worst: never the server's own English page."""
+    try:
+        return render_template("errors/error.html", code=code, title=title, text=text)
+    except Exception:
+        logging.getLogger("enrs.errors").warning("error page %s drawn without the user", code, exc_info=True)
+        _forget_request_user()
+    try:
+        return render_template("errors/error.html", code=code, title=title, text=text)
+    except Exception:
+        return (f'<!doctype html><html lang="fr"><meta charset="utf-8"><title>{title}</title>'
+                f'<h1 id="titre-erreur">{title}</h1><p>{text}</p><p>Code d\'erreur : {code}</p>')
+
+
+def _forget_request_user() -> None:
+    from flask import g
+
+    try:
+        db.session.rollback()
+    except Exception:
+        pass  # the connection is gone; closing the session at the end drops it
+    g.user = None
+    g.user_session = None
+
+
+def _is_connection_error(exc: BaseException) -> bool:
     """The database is unreachable or went away (restart, failover): a 503, not a bug."""
     from sqlalchemy.exc import DBAPIError, OperationalError
     from sqlalchemy.exc import TimeoutError as PoolTimeout

@@ -125,12 +125,13 @@ def _finish_request(response: Response) -> Response:
     response.headers[REQUEST_ID_HEADER] = g.request_id
     REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
     LATENCY.labels(endpoint).observe(duration)
-    user = g.get("user")
-    # Never the query string (codes, tokens and states travel there) nor any body.
+    # Never the query string (codes, tokens and states travel there) nor any body. The
+    # user's id is the one read with the session: the user row itself may be expired
+    # by a rollback, and reading it again must not depend on the database.
     access_log.info("request", extra={"fields": {
         "event": "request", "request_id": g.request_id, "method": request.method, "route": endpoint,
         "path": request.path, "status": response.status_code, "duration_ms": round(duration * 1000, 1),
-        "user_id": user.id if user is not None else None, "ip": request.remote_addr,
+        "user_id": g.get("user_id"), "ip": request.remote_addr,
     }})
     return response
 

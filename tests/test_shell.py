@@ -98,6 +98,82 @@ def test_a_page_already_answered_survives_its_database_connection_dying_at_the_e
     assert app.test_client().get("/").status_code == 200  # the dead connection left the pool
 
 
+def _take_the_database_away(engine) -> None:
+    """From now on every new connection is refused, as by a PostgreSQL shutting down."""
+    import sqlalchemy as sa
+
+    def refuse(dialect, _record, _cargs, _params):
+        raise dialect.loaded_dbapi.OperationalError("the database system is shutting down")
+
+    sa.event.listen(engine, "do_connect", refuse)
+    engine.dispose()
+
+
+def _logged_in_doctor(app, mailbox):
+    from tests.journeys import login, seed_doctor
+
+    seed_doctor(app)
+    client = app.test_client()
+    assert login(client, mailbox, "nathalie.dupont@esante-test.fr", "Hopital-Dreux-2026",
+                 "nathalie.dupont@esante-test.fr").status_code == 303
+    return client
+
+
+def test_a_committed_request_keeps_its_answer_when_the_database_goes_away_before_the_end(app, mailbox, caplog):
+    """A request acknowledged after its commit (an access request whose admin digest then
+    failed): the access log and the end of the request need nothing from the database."""
+    import sqlalchemy as sa
+    from flask import redirect
+
+    from portal.db import db
+
+    @app.post("/commit-then-lose-the-database")
+    def commit_then_lose_the_database():
+        db.session.commit()
+        _take_the_database_away(db.engine)
+        try:  # a follow-up (the admin digest) fails; the user's row is expired by the rollback
+            db.session.execute(sa.text("SELECT 1"))
+        except sa.exc.OperationalError:
+            db.session.rollback()
+        return redirect("/merci", code=303)
+
+    app.config.update(TESTING=False, PROPAGATE_EXCEPTIONS=False, WTF_CSRF_ENABLED=False)
+    client = _logged_in_doctor(app, mailbox)
+    caplog.set_level("INFO", logger="enrs.access")
+    response = client.post("/commit-then-lose-the-database")
+    assert (response.status_code, response.headers["Location"]) == (303, "/merci")
+    logged = [r.fields for r in caplog.records if getattr(r, "fields", {}).get("route") == "commit_then_lose_the_database"]
+    assert logged and logged[0]["status"] == 303 and logged[0]["user_id"] is not None
+
+
+def test_a_failure_after_the_view_while_the_database_is_away_shows_the_french_error_page(app, mailbox):
+    """What fails after the view (here a hook reading the user's row) reaches Flask's last
+    handler; its page must not need the database either."""
+    from flask import g, request
+
+    from portal.db import db
+
+    @app.get("/lose-the-database")
+    def lose_the_database():
+        db.session.commit()
+        _take_the_database_away(db.engine)
+        db.session.expire_all()  # the user's row must be read again, and cannot be
+        return "perdu"
+
+    @app.after_request
+    def read_the_user(response):
+        if request.path == "/lose-the-database":
+            response.headers["X-Email"] = g.user.email
+        return response
+
+    app.config.update(TESTING=False, PROPAGATE_EXCEPTIONS=False)
+    client = _logged_in_doctor(app, mailbox)
+    response = client.get("/lose-the-database")
+    page = response.get_data(as_text=True)
+    assert response.status_code == 503 and response.headers["Retry-After"] == "10"
+    assert 'lang="fr"' in page and "indisponible" in page.lower() and "Traceback" not in page
+
+
 def test_legal_pages_exist(client):
     for path, title in [("/mentions-legales", "Mentions légales"), ("/contact", "Contact"),
                         ("/accessibilite", "Déclaration d'accessibilité")]:
