@@ -1,6 +1,7 @@
 """create_app(): settings, extensions, blueprints and error pages."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Mapping
@@ -260,10 +261,9 @@ def _error_page(code: int, title: str, text: str) -> str:
 def _forget_request_user() -> None:
     from flask import g
 
-    try:
+    # If the connection is gone the rollback fails too; closing the session at the end drops it.
+    with contextlib.suppress(Exception):
         db.session.rollback()
-    except Exception:
-        pass  # the connection is gone; closing the session at the end drops it
     g.user = None
     g.user_session = None
 
