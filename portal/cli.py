@@ -229,7 +229,7 @@ def _register_optional_groups() -> None:
 @click.option("--port", default=5000, show_default=True, type=int)
 @click.option("--prod", is_flag=True, help="gunicorn with several worker processes (see docs/deploy.md)")
 @click.option("--workers", default=4, show_default=True, type=int, help="worker processes (with --prod)")
-@click.option("--threads", default=4, show_default=True, type=int, help="threads per worker (with --prod)")
+@click.option("--threads", default=8, show_default=True, type=int, help="threads per worker (with --prod)")
 def serve(host: str, port: int, prod: bool, workers: int, threads: int) -> None:
     """Serve the portal: the development server, or gunicorn with --prod.
 

@@ -13,10 +13,13 @@ import tempfile
 
 bind = os.environ.get("ENRS_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
-# A few threads per worker overlap the waits (database, SMTP hand-off, Argon2 releases
-# the GIL); CPU-bound work (hashing, signing) is spread by the processes.
+# Threads overlap the waits (database, SMTP hand-off, Argon2 releases the GIL); CPU-bound
+# work (hashing, signing) is spread by the processes. A worker runs one Argon2id hash at a
+# time (ENRS_PASSWORD_HASH_CONCURRENCY): logins waiting for it hold threads, so a worker
+# needs more threads than that queue to keep serving the cheap pages. 8 rather than 4: in
+# the load test, 9-20 % more logins per second, lower latency, less CPU per journey.
 worker_class = "gthread"
-threads = int(os.environ.get("ENRS_THREADS", "4"))
+threads = int(os.environ.get("ENRS_THREADS", "8"))
 timeout = 30
 graceful_timeout = 25
 keepalive = 5

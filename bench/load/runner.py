@@ -52,7 +52,7 @@ class Settings:
         self.stage_arrivals = int(_setting("STAGE_ARRIVALS", "25"))
         self.login_only_stages = int(_setting("LOGIN_ONLY_STAGES", "4"))
         self.workers = int(_setting("WORKERS", "4"))
-        self.threads = int(_setting("THREADS", "4"))
+        self.threads = int(_setting("THREADS", "8"))  # enrs serve --prod's default
         self.pyspy = _setting("PYSPY", "") not in ("", "0")
         self.calibration = int(_setting("CALIBRATION", "10"))
 
