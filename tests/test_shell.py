@@ -83,12 +83,13 @@ def test_a_page_already_answered_survives_its_database_connection_dying_at_the_e
 
     @app.get("/read-then-lose-the-database")
     def read_then_lose_the_database():
-        pid = db.session.execute(sa.text("SELECT 1")).scalar()
         connection = db.session.connection()
         if connection.dialect.name == "postgresql":
             pid = connection.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-            with sa.create_engine(connection.engine.url).begin() as other:
+            admin = sa.create_engine(connection.engine.url)
+            with admin.begin() as other:
                 other.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            admin.dispose()
         else:
             connection.connection.dbapi_connection.close()
         return "lu"
