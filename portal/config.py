@@ -68,6 +68,9 @@ class Settings:
     trusted_proxies: int
     audit_retention_days: int
     password_hash_concurrency: int
+    argon2_time_cost: int
+    argon2_memory_kib: int
+    argon2_parallelism: int
 
     @property
     def is_development(self) -> bool:
@@ -113,8 +116,17 @@ KNOWN_VARIABLES: dict[str, str] = {
     "ENRS_METRICS_TOKEN": "bearer token that also opens /metrics (optional)",
     "ENRS_TRUSTED_PROXIES": "number of reverse proxies whose X-Forwarded-* headers are trusted (default 0)",
     "ENRS_AUDIT_RETENTION_DAYS": "audit entries older than this are purged by the worker (default 365)",
-    "ENRS_PASSWORD_HASH_CONCURRENCY": "Argon2id hashes one process runs at a time (default 1; 64 MiB each)",
+    "ENRS_PASSWORD_HASH_CONCURRENCY": "Argon2id hashes one process runs at a time (default 1; 32 MiB each)",
+    "ENRS_ARGON2_MEMORY_KIB": "Argon2id memory per hash in KiB (default 32768; at least 19456)",
+    "ENRS_ARGON2_TIME_COST": "Argon2id passes over that memory (default 8; at least 2)",
+    "ENRS_ARGON2_PARALLELISM": "Argon2id lanes, each computed by a thread of its own (default 4)",
 }
+
+
+# Argon2id's default parameters (why these: idp/passwords.py).
+ARGON2_MEMORY_KIB = 32 * 1024
+ARGON2_TIME_COST = 8
+ARGON2_PARALLELISM = 4
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
@@ -297,6 +309,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         trusted_proxies=_int(env, "ENRS_TRUSTED_PROXIES", 0, 0, 5),
         audit_retention_days=_int(env, "ENRS_AUDIT_RETENTION_DAYS", 365, 30, 3650),
         password_hash_concurrency=_int(env, "ENRS_PASSWORD_HASH_CONCURRENCY", 1, 1, 64),
+        # The floors are OWASP's minimum for Argon2id (19 MiB, 2 passes): below them a stolen
+        # database would be cheap to attack, whatever the operator meant to save.
+        argon2_time_cost=_int(env, "ENRS_ARGON2_TIME_COST", ARGON2_TIME_COST, 2, 20),
+        argon2_memory_kib=_int(env, "ENRS_ARGON2_MEMORY_KIB", ARGON2_MEMORY_KIB, 19456, 1024 * 1024),
+        argon2_parallelism=_int(env, "ENRS_ARGON2_PARALLELISM", ARGON2_PARALLELISM, 1, 16),
     )
 
 

@@ -53,6 +53,10 @@ def test_development_generates_and_keeps_a_secret_key(tmp_path):
     ({"ENRS_MAIL_FROM": "pas une adresse"}, "ENRS_MAIL_FROM"),
     ({"ENRS_CAPTHCA": "pow"}, "ENRS_CAPTHCA"),
     ({"ENRS_PASSWORD_HASH_CONCURRENCY": "0"}, "ENRS_PASSWORD_HASH_CONCURRENCY"),
+    # Below OWASP's floor for Argon2id (19 MiB, 2 passes), or no lane at all.
+    ({"ENRS_ARGON2_MEMORY_KIB": "8192"}, "ENRS_ARGON2_MEMORY_KIB"),
+    ({"ENRS_ARGON2_TIME_COST": "1"}, "ENRS_ARGON2_TIME_COST"),
+    ({"ENRS_ARGON2_PARALLELISM": "0"}, "ENRS_ARGON2_PARALLELISM"),
 ])
 def test_a_wrong_value_is_refused_with_one_line_naming_the_variable(change, variable):
     with pytest.raises(ConfigError) as info:

@@ -292,13 +292,62 @@ def test_the_hash_for_unknown_accounts_is_ready_before_the_first_login_asks(app_
     from idp import passwords
     from portal.app import create_app
 
-    passwords._dummy_hash.cache_clear()
+    passwords._dummy_hashes.clear()
     create_app(app_env)
     for thread in threading.enumerate():
         if thread.name == "enrs-dummy-hash":
             thread.join(30)
-    assert passwords._dummy_hash.cache_info().currsize == 1
+    assert passwords.dummy_hash_ready()
     assert passwords._dummy_hash().startswith("$argon2id$")
+
+
+
+def _argon2_parameters(password_hash: str) -> tuple[int, int, int]:
+    from argon2 import extract_parameters
+
+    parameters = extract_parameters(password_hash)
+    return parameters.memory_cost, parameters.time_cost, parameters.parallelism
+
+
+def test_a_password_hashed_with_the_former_parameters_is_rehashed_at_the_next_login(portal, mailbox):
+    # Accounts created before the change of parameters (RFC 9106's "low memory" profile,
+    # 64 MiB and 3 passes) keep logging in, and move to the portal's parameters then.
+    from argon2 import PasswordHasher
+
+    from idp.models import User
+    from portal.db import db
+
+    former = PasswordHasher(time_cost=3, memory_cost=64 * 1024, parallelism=4).hash(PASSWORD)
+    with portal.app_context():
+        db.session.execute(sa.update(User).where(User.email == EMAIL).values(password_hash=former))
+        db.session.commit()
+    response = login(portal.test_client(), mailbox, "ndupont", PASSWORD, EMAIL)
+    assert response.status_code == 303
+    with portal.app_context():
+        stored = db.session.scalar(sa.select(User.password_hash).where(User.email == EMAIL))
+    assert _argon2_parameters(stored) == (32 * 1024, 8, 4)
+    assert login(portal.test_client(), mailbox, "ndupont", PASSWORD, EMAIL).status_code == 303
+
+
+def test_the_operator_sets_the_argon2_parameters_of_new_hashes_and_of_the_unknown_account_check(app_env, mailbox):
+    from idp import passwords
+    from idp.models import User
+    from onboarding.accounts import create_professional
+    from portal.app import create_app
+    from portal.db import db
+
+    app = create_app({**app_env, "ENRS_ARGON2_MEMORY_KIB": "19456", "ENRS_ARGON2_TIME_COST": "2",
+                      "ENRS_ARGON2_PARALLELISM": "1"})
+    with app.app_context():
+        create_professional(db.session, email=EMAIL, password=PASSWORD, first_name="Nathalie", last_name="Dupont",
+                            profession="10", finess=None)
+        db.session.commit()
+        stored = db.session.scalar(sa.select(User.password_hash).where(User.email == EMAIL))
+    assert _argon2_parameters(stored) == (19456, 2, 1)
+    # An unknown identifier is checked against a hash of the same cost, or its answer
+    # would come faster than a wrong password's.
+    assert _argon2_parameters(passwords._dummy_hash()) == (19456, 2, 1)
+    assert login(app.test_client(), mailbox, "ndupont", PASSWORD, EMAIL).status_code == 303
 
 
 def test_repeated_failures_slow_down_then_lock_the_account_with_the_same_answer(portal, mailbox, clock):
