@@ -301,7 +301,6 @@ def test_the_hash_for_unknown_accounts_is_ready_before_the_first_login_asks(app_
     assert passwords._dummy_hash().startswith("$argon2id$")
 
 
-
 def _argon2_parameters(password_hash: str) -> tuple[int, int, int]:
     from argon2 import extract_parameters
 
