@@ -250,6 +250,10 @@ def serve(host: str, port: int, prod: bool, workers: int, threads: int) -> None:
 
 
 def _serve_with_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
+    from portal import huge_pages
+
+    huge_pages.restart_with_huge_pages()  # before any work: the command may start again here
+
     from gunicorn.app.base import BaseApplication
 
     # First: it sets PROMETHEUS_MULTIPROC_DIR, which must precede the metrics' creation.
@@ -272,7 +276,8 @@ def _serve_with_gunicorn(host: str, port: int, workers: int, threads: int) -> No
 
             return app
 
-    click.echo(f"gunicorn : {workers} processus × {threads} fils sur http://{host}:{port}")
+    pages = " ; grandes pages mémoire pour les hachages Argon2id" if huge_pages.active() else ""
+    click.echo(f"gunicorn : {workers} processus × {threads} fils sur http://{host}:{port}{pages}")
     Portal().run()
 
 
