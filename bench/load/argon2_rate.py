@@ -3,20 +3,30 @@ processes (one per core) start together and count for the same seconds; the sum 
 machine's rate, what a login's password check is bounded by.
 
     python -m bench.load.argon2_rate START_AT SECONDS   (one process: prints its rate)
+
+By default the processes hash as any program using argon2-cffi does. With
+huge_pages=True they run with the glibc tunable `enrs serve --prod` gives the portal's
+workers (portal/huge_pages.py): the two rates side by side show what it is worth.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 
+from portal.huge_pages import tunables_with_huge_pages
+
 from bench.load.setup import REPO
 
 
-def machine_rate(processes: int, seconds: float = 5.0) -> dict[str, object]:
+def machine_rate(processes: int, seconds: float = 5.0, huge_pages: bool = False) -> dict[str, object]:
     start_at = time.time() + 3.0  # every process has imported argon2 and hashed once by then
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    if huge_pages:
+        env["GLIBC_TUNABLES"] = tunables_with_huge_pages(env) or ""
     children = [subprocess.Popen([sys.executable, "-m", "bench.load.argon2_rate", str(start_at), str(seconds)],
-                                 cwd=REPO, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+                                 cwd=REPO, env=env, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
     rates, cpu = [], []
     for child in children:
         output, _ = child.communicate(timeout=seconds + 60)

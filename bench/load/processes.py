@@ -135,6 +135,16 @@ class Served:
     def worker_pids(self) -> list[int]:
         return children(self.server.pid) if self.server else []
 
+    def huge_pages(self) -> bool:
+        """Whether the workers run with glibc's huge pages for large blocks (their
+        environment, as `enrs serve --prod` started itself again)."""
+        for pid in self.worker_pids():
+            try:
+                return b"glibc.malloc.hugetlb=1" in Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+        return False
+
     def our_pids(self) -> list[int]:
         pids = [os.getpid()]
         for process in (self.server, self.worker):
