@@ -261,7 +261,7 @@ class BlockingHasher:
 
 @pytest.mark.parametrize("concurrency", [1, 2])
 def test_a_process_runs_only_its_share_of_password_hashes_at_once(app_env, monkeypatch, concurrency):
-    # Each Argon2id hash holds 64 MiB: a burst of logins on a threaded worker must not
+    # Each Argon2id hash holds 32 MiB: a burst of logins on a threaded worker must not
     # run one per thread (ENRS_PASSWORD_HASH_CONCURRENCY, default 1).
     from idp import passwords
     from portal.app import create_app
