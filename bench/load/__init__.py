@@ -1,7 +1,7 @@
 """Load test of the whole login + SSO journey: `python -m bench load` (or `make bench`).
 
-The portal runs as in production: `enrs serve --prod --workers 4 --threads 4` (gunicorn,
-gthread) and `enrs worker` beside it, on a PostgreSQL database of its own (created, then
+The portal runs as in production: `enrs serve --prod --workers 4 --threads 8` (gunicorn,
+gthread, huge pages for the hash's memory) and `enrs worker` beside it, on a PostgreSQL database of its own (created, then
 dropped), Redis for the shared rate limits, and an SMTP server on loopback that receives
 the login codes. An asyncio driver (httpx) offers journeys at a rising arrival rate
 (open model, Poisson arrivals), each virtual user doing: GET /login, POST identifier +
