@@ -12,7 +12,7 @@ the machine's drift (its speed moves by a quarter within minutes here) cancels o
   (the login alone, to the dashboard, as the load test's last phase), with the CPU each
   login costs.
 
-Knobs: BENCH_HUGE_PAGES_ROUNDS (2, each with both variants), BENCH_HUGE_PAGES_SECONDS (30),
+Knobs: BENCH_HUGE_PAGES_ROUNDS (2, each with both variants, in alternate order), BENCH_HUGE_PAGES_SECONDS (30),
 BENCH_HUGE_PAGES_OFFERED (0.85: the rate offered, as a fraction of the bare hash rate);
 the database and Redis as for the load test (bench/load).
 """
@@ -67,7 +67,8 @@ async def _saturated_logins(served: Served, accounts, ror: dict, smtp_port: int,
 
 def run() -> dict:
     settings = Settings()
-    rounds = _int("ROUNDS", "2")
+    rounds = max(1, _int("ROUNDS", "2"))
+    cores = os.cpu_count() or 2
     seconds = float(os.environ.get("BENCH_HUGE_PAGES_SECONDS") or 30)
     offered = float(os.environ.get("BENCH_HUGE_PAGES_OFFERED") or 0.85)
     workdir = Path(tempfile.mkdtemp(prefix="enrs-huge-pages-"))
@@ -88,7 +89,7 @@ def run() -> dict:
         accounts = setup.create_accounts(env, settings.accounts)
         for _ in range(rounds):
             for huge in (False, True):
-                hashes["huge pages" if huge else "bare"].append(machine_rate(2, huge_pages=huge)["total"])
+                hashes["huge pages" if huge else "bare"].append(machine_rate(cores, huge_pages=huge)["total"])
         bare_rate = statistics.mean(hashes["bare"])
         _say(f"Argon2id on both cores: bare {bare_rate:.2f}/s, with huge pages "
              f"{statistics.mean(hashes['huge pages']):.2f}/s")
@@ -113,7 +114,7 @@ def run() -> dict:
             time.sleep(3)
         for _ in range(rounds):
             for huge in (True, False):
-                hashes["huge pages" if huge else "bare"].append(machine_rate(2, huge_pages=huge)["total"])
+                hashes["huge pages" if huge else "bare"].append(machine_rate(cores, huge_pages=huge)["total"])
     finally:
         if saved is None:
             os.environ.pop("GLIBC_TUNABLES", None)
@@ -128,6 +129,7 @@ def run() -> dict:
                for name, runs in logins.items()}
     return {
         "method": "alternated rounds in one run; logins offered above what the portal serves",
+        "logs": str(workdir / "logs"),
         "rounds": rounds, "window_seconds": seconds, "offered_logins_per_s": round(offered * bare_rate, 2),
         "argon2id_both_cores": {name: {"runs": [round(v, 2) for v in values], "mean": round(statistics.mean(values), 3)}
                                 for name, values in hashes.items()},

@@ -281,8 +281,8 @@ def run_load() -> dict:
         outcome = asyncio.run(_drive(settings, served, accounts, ror, smtp_port, rp_port, before["total"]))
         end_rss = {pid: rss_kib(pid) for pid in served.worker_pids()}
         served.stop()
+        huge_after = machine_rate(2, huge_pages=True)  # the other order than before: the drift cancels out
         after = machine_rate(2)
-        huge_after = machine_rate(2, huge_pages=True)
         hash_rate = (before["total"] + after["total"]) / 2
         results = _results(settings, outcome, served, hash_rate, single, before, after, idle_rss, end_rss,
                            setup_seconds, workdir)
