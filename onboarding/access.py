@@ -26,7 +26,7 @@ from onboarding.models import (
     ROLE_LABELS,
     AccessRequest,
 )
-from onboarding.referentials import profession_label
+from onboarding.referentials import get_establishment, profession_label
 from portal import audit
 from portal.clock import now
 from portal.config import current_settings
@@ -108,12 +108,18 @@ def request_ror():
     if errors:
         return _form_page(form, errors, 422)
 
+    # The admins who review it are those of the establishment's département: the
+    # directory's, when it lists the establishment (it may have been added since the user
+    # typed theirs in), not the postal code the user typed.
+    listed = get_establishment(session, chosen.finess)
+    establishment_name, department = (listed.name, listed.department_code) if listed else (chosen.name,
+                                                                                           chosen.department)
     store = store_for()
     try:
         with stored_until_committed(store, attestation.stream) as stored:
             access_request = AccessRequest(
                 user_id=user.id, request_type=request_type, role=role, finess=chosen.finess,
-                establishment_name=chosen.name, department=chosen.department, status=REQUEST_PENDING,
+                establishment_name=establishment_name, department=department, status=REQUEST_PENDING,
                 created_at=now(), attestation_key=stored.key, attestation_name=attestation.display_name,
                 attestation_type=attestation.content_type, attestation_size=stored.size,
                 attestation_sha256=stored.sha256,
@@ -290,6 +296,22 @@ def reject(session: Session, admin: User, access_request: AccessRequest, reason:
     queue_mail(session, user.email, f"[{current_settings().portal_name}] Votre demande d'accès au ROR est refusée",
                "access_request_rejected", user=user, access_request=access_request, reason=reason,
                link=external_url("access.request_ror"))
+
+
+def role_department(session: Session, role: UserRole) -> str | None:
+    """The département of the establishment a role was granted for: the directory's, else
+    the one its access request was reviewed under."""
+    listed = get_establishment(session, role.finess)
+    if listed is not None:
+        return listed.department_code
+    granted_by = session.get(AccessRequest, role.request_id) if role.request_id else None
+    return granted_by.department if granted_by else None
+
+
+def role_in_scope(session: Session, admin: User, role: UserRole) -> bool:
+    """Whether the admin may revoke it: the admin of a professional's other establishment may
+    not withdraw a role another region granted."""
+    return admin.is_super_admin or role_department(session, role) in admin.departments
 
 
 def revoke_role(session: Session, admin: User, role: UserRole, reason: str) -> None:

@@ -224,6 +224,12 @@ def check_establishment(session: Session, reg: Registration, row: EstablishmentF
             _error(reg, row.city, REQUIRED)
         if finess and not is_valid_finess(finess):
             _error(reg, row.finess, "Le numéro FINESS n'est pas valide (9 caractères, clé de contrôle).")
+        elif finess and (listed := get_establishment(session, finess)) is not None:
+            # Its name and département come from the directory, never from what is typed: the
+            # département decides which admins review the requests made for it.
+            _error(reg, row.finess, "Cet établissement est fermé dans le répertoire FINESS." if listed.closed_at
+                   else "Cet établissement est référencé : décochez « Mon établissement n'est pas référencé dans "
+                        "la liste » et choisissez-le dans la liste.")
         values.update(
             finess=finess or None, name=row.name.data, postal_code=postal, city=(row.city.data or "").upper(),
             department=_department_of_postal_code(postal),

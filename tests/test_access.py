@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from tests.attestation_samples import generated_pdf, png_image
 from tests.conftest import body_text
-from tests.journeys import captcha_answer, csrf, error_for, login
+from tests.journeys import captcha_answer, csrf, error_for, field_value, login
 
 PASSWORD = "Hopital-Dreux-2026"
 EMAIL = "nathalie.dupont@esante-test.fr"
@@ -373,3 +373,73 @@ def test_files_left_by_a_killed_upload_are_swept_and_attestations_kept(portal, p
         db.session.commit()
     assert not store.exists(orphan.key) and not temporary.exists()
     assert store.exists(kept.attestation_key)
+
+
+def _add_establishment(client, **fields):
+    page = client.get("/account/establishments/").get_data(as_text=True)
+    data = {"csrf_token": csrf(page), "establishments-0-function_type": "Cadre de santé",
+            "establishments-0-service": "Direction des soins"}
+    data.update({f"establishments-0-{name}": value for name, value in fields.items()})
+    return client.post("/account/establishments/", data=data)
+
+
+def test_a_listed_establishment_cannot_be_typed_in_under_another_departement(portal, professional, mailbox):
+    # Ticking "not listed" with the FINESS of a Paris hospital and a Dreux postal code would
+    # send its role request to the Centre admins, whom the Paris admins could not overrule.
+    refused = _add_establishment(professional, not_listed="y", finess="750071136", name="CH Dreux annexe",
+                                 postal_code="28100", city="Dreux")
+    assert refused.status_code == 422
+    assert "Cet établissement est référencé" in error_for(refused.get_data(as_text=True),
+                                                          "establishments-0-finess")
+    assert field_value(refused.get_data(as_text=True), "establishments-0-name") == "CH Dreux annexe"
+
+
+def test_the_request_goes_to_the_admins_of_the_directorys_departement(portal, professional, mailbox):
+    # An establishment typed in while it was not listed, listed since: its requests go to
+    # the admins of the département the directory gives, whatever postal code was typed.
+    from idp.models import UserEstablishment
+    from portal.db import db
+
+    assert _add_establishment(professional, not_listed="y", name="Clinique des Lilas", postal_code="28100",
+                              city="Dreux").status_code == 303
+    with portal.app_context():
+        entry = db.session.scalar(sa.select(UserEstablishment).where(UserEstablishment.name == "Clinique des Lilas"))
+        entry.finess = "750071136"  # as if typed in before the directory listed it
+        db.session.commit()
+    assert submit(portal, professional, generated_pdf(), "a.pdf", establishment="750071136").status_code == 303
+    [item] = requests_of(portal)
+    assert item.department == "75" and item.establishment_name != "Clinique des Lilas"
+    assert admin(portal, mailbox, "pbernard", "admin.centre@esante-test.fr").get(
+        f"/admin/requests/{item.id}").status_code == 404
+    assert admin(portal, mailbox, "lmoreau", "admin.idf@esante-test.fr").get(
+        f"/admin/requests/{item.id}").status_code == 200
+
+
+def test_an_admin_revokes_only_roles_of_their_departements(portal, professional, mailbox):
+    # The professional works in Dreux (28) and in Paris (75); the Paris admin granted a role
+    # on the Paris hospital. The Centre admin sees the account, not the power to withdraw it.
+    assert _add_establishment(professional, finess="750071136").status_code == 303
+    assert submit(portal, professional, generated_pdf(), "a.pdf", establishment="750071136").status_code == 303
+    [item] = requests_of(portal)
+    idf = admin(portal, mailbox, "lmoreau", "admin.idf@esante-test.fr")
+    page = idf.get(f"/admin/requests/{item.id}").get_data(as_text=True)
+    assert idf.post(f"/admin/requests/{item.id}", data={"csrf_token": csrf(page), "decision": "approve"}).status_code == 303
+    from idp.models import UserRole
+    from portal.db import db
+
+    with portal.app_context():
+        role_id = db.session.scalar(sa.select(UserRole.id).where(UserRole.finess == "750071136"))
+    centre = admin(portal, mailbox, "pbernard", "admin.centre@esante-test.fr")
+    user_page = centre.get(f"/admin/users/{item.user_id}").get_data(as_text=True)
+    assert f"/roles/{role_id}/revoke" not in user_page
+    assert "seul un administrateur de son département peut retirer ce rôle" in user_page
+    refused = centre.post(f"/admin/users/{item.user_id}/roles/{role_id}/revoke",
+                          data={"csrf_token": csrf(user_page), "reason": "Départ."})
+    assert refused.status_code == 404
+    with portal.app_context():
+        assert db.session.get(UserRole, role_id).revoked_at is None
+    paris_page = idf.get(f"/admin/users/{item.user_id}").get_data(as_text=True)
+    assert idf.post(f"/admin/users/{item.user_id}/roles/{role_id}/revoke",
+                    data={"csrf_token": csrf(paris_page), "reason": "Départ."}).status_code == 303
+    with portal.app_context():
+        assert db.session.get(UserRole, role_id).revoked_at is not None

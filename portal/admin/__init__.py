@@ -191,8 +191,9 @@ def user(user_id: int):
         return redirect(url_for("admin.user", user_id=target.id), code=303)
     from onboarding import access
 
-    return render_template("admin/user.html", user=target, locked=lockout.is_locked(target),
-                           roles=access.active_roles(session, target))
+    roles = access.active_roles(session, target)
+    return render_template("admin/user.html", user=target, locked=lockout.is_locked(target), roles=roles,
+                           revocable={r.id for r in roles if access.role_in_scope(session, g.user, r)})
 
 
 # -- ROR access requests ("Demandes d'accès") ------------------------------------------------------
@@ -278,7 +279,7 @@ def revoke_role(user_id: int, role_id: int):
     session = db.session
     target = approval.account_in_scope(session, g.user, user_id)
     role = session.get(UserRole, role_id)
-    if target is None or role is None or role.user_id != target.id:
+    if target is None or role is None or role.user_id != target.id or not access.role_in_scope(session, g.user, role):
         abort(404)
     try:
         access.revoke_role(session, g.user, role, request.form.get("reason", ""))
