@@ -300,6 +300,26 @@ def test_refresh_tokens_rotate_and_a_reused_one_revokes_the_chain(user_client):
     assert info.status_code == 401
 
 
+def test_a_withdrawn_role_ends_the_applications_refreshes(portal, user_client):
+    # The ROR requires its role: once an admin withdraws it, the application gets no new
+    # tokens, as a new authorization request would be refused.
+    from idp.models import UserRole
+    from portal.clock import now
+    from portal.db import db
+
+    tokens = tokens_for(user_client)
+    with portal.app_context():
+        db.session.execute(sa.update(UserRole).values(revoked_at=now()))
+        db.session.commit()
+    refused = refresh(user_client, tokens["refresh_token"])
+    assert refused.status_code == 400 and refused.json["error"] == "invalid_grant"
+    with portal.app_context():
+        db.session.execute(sa.update(UserRole).values(revoked_at=None))
+        db.session.commit()
+    # Refused, not burned: given back its role, the same refresh token works again.
+    assert refresh(user_client, tokens["refresh_token"]).status_code == 200
+
+
 def test_another_clients_refresh_token_is_refused_and_not_burned(user_client):
     tokens = tokens_for(user_client)
     stolen = refresh(user_client, tokens["refresh_token"], headers=basic("annuaire", "annuaire-secret-" + "a" * 32))
@@ -471,6 +491,37 @@ def test_prompt_login_and_max_age_zero_ask_for_a_new_login_once(user_client, mai
         assert authorize(user_client, **extra).status_code == 303
 
 
+def test_a_forced_login_left_halfway_does_not_excuse_a_later_one(user_client, mailbox, clock):
+    # The application asked for a new login; the user went away, and came back later by
+    # the portal's own login page. Twenty minutes on, prompt=login asks again.
+    response = authorize(user_client, prompt="login")
+    assert response.status_code == 303
+    clock.advance(5)
+    assert log_in_again(user_client, mailbox, "/login?reauth=1").status_code == 303
+    clock.advance(20 * 60)
+    assert authorize(user_client, prompt="login").status_code == 303
+
+
+def test_a_forced_login_for_one_application_does_not_serve_another(portal, user_client, mailbox, clock):
+    response = authorize(user_client, prompt="login")
+    clock.advance(5)
+    assert log_in_again(user_client, mailbox, response.headers["Location"]).status_code == 303
+    other = authorize(user_client, prompt="login", client_id="annuaire", redirect_uri="https://annuaire.esante-test.fr/cb")
+    assert other.status_code == 303 and "reauth=1" in other.headers["Location"]
+
+
+def test_an_authorization_request_sent_as_a_form_survives_the_login(portal, mailbox):
+    # OIDC Core §3.1.2.1: the request may come by POST; the login page must bring the
+    # browser back to it with every parameter.
+    client = portal.test_client()
+    response = client.post("/oidc/authorize", data=authorize_params())
+    assert response.status_code == 303
+    next_url = parse_qs(urlsplit(response.headers["Location"]).query)["next"][0]
+    assert next_url.startswith("/oidc/authorize?") and "client_id=ror" in next_url
+    done = login(client, mailbox, EMAIL, PASSWORD, EMAIL, next_url=next_url.replace("&", "%26").replace("?", "%3F"))
+    assert "code" in redirect_params(client.get(done.headers["Location"]))
+
+
 def test_max_age_accepts_a_recent_enough_session(user_client, clock):
     clock.advance(30)
     assert "code" in redirect_params(authorize(user_client, max_age="3600"))
@@ -540,6 +591,8 @@ class LogoutReceiver:
     def __init__(self, status: int = 200) -> None:
         self.tokens: list[str] = []
         self.status = status
+        self.location: str | None = None  # answer the POST with a redirect there
+        self.pages_served = 0  # GETs of that page
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -547,6 +600,13 @@ class LogoutReceiver:
                 body = self.rfile.read(int(self.headers["Content-Length"])).decode()
                 receiver.tokens.append(parse_qs(body)["logout_token"][0])
                 self.send_response(receiver.status)
+                if receiver.location:
+                    self.send_header("Location", receiver.location)
+                self.end_headers()
+
+            def do_GET(self):  # noqa: N802 - the application's login page, say
+                receiver.pages_served += 1
+                self.send_response(200)
                 self.end_headers()
 
             def log_message(self, *args):
@@ -626,6 +686,22 @@ def test_an_unreachable_application_gets_its_logout_notice_later(portal, user_cl
         assert deliver() == 1
         assert deliver() == 0, "delivered once"
     assert len(receiver.tokens) == 2
+
+
+def test_a_redirect_from_the_application_is_not_a_delivered_logout_notice(portal, user_client, receiver):
+    # Followed, the POST would become a GET without the token, and the application's login
+    # page answering 200 would pass for an acknowledgement: its session would live on.
+    from idp.provider.models import BackchannelLogout
+    from portal.db import db
+
+    tokens_for(user_client)
+    receiver.status, receiver.location = 302, "/login"
+    page = user_client.get("/").get_data(as_text=True)
+    user_client.post("/logout", data={"csrf_token": csrf(page)})
+    assert len(receiver.tokens) == 1 and receiver.pages_served == 0
+    with portal.app_context():
+        notice = db.session.scalar(sa.select(BackchannelLogout))
+        assert notice.delivered_at is None and "302" in notice.last_error
 
 
 # -- keys -----------------------------------------------------------------------------------------

@@ -102,12 +102,24 @@ def logout_token(client: Client, subject: str, sid: str) -> str:
     return jwt.encode({"alg": alg, "kid": kid, "typ": "logout+jwt"}, claims, key, algorithms=[alg])
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is a refusal: followed, the POST would become a GET without the token
+    (an application's login page answering 200 would count as a delivered notice)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: D102 - urllib's signature
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def _post(uri: str, token: str) -> None:
     body = urllib.parse.urlencode({"logout_token": token}).encode()
     request = urllib.request.Request(uri, data=body, method="POST",
                                      headers={"Content-Type": "application/x-www-form-urlencoded"})
-    # OIDC Back-Channel Logout §2.8: 200 (or 204) means done; anything else is retried.
-    with urllib.request.urlopen(request, timeout=POST_TIMEOUT_SECONDS) as response:  # noqa: S310 (registered https URI)
+    # OIDC Back-Channel Logout §2.8: 200 (or 204) means done; anything else, a redirect
+    # included (urllib raises HTTPError for the 3xx it does not follow), is retried.
+    with _OPENER.open(request, timeout=POST_TIMEOUT_SECONDS) as response:  # noqa: S310 (registered https URI)
         if response.status not in (200, 204):
             raise urllib.error.HTTPError(uri, response.status, "refused", response.headers, None)
 

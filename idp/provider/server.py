@@ -35,7 +35,7 @@ from joserfc import jwt
 
 from idp.models import STATUS_ACTIVE, User
 from idp.provider import store
-from idp.provider.claims import user_claims
+from idp.provider.claims import has_role, user_claims
 from idp.provider.keys import key_ring
 from idp.provider.models import AuthorizationCode, Client, SessionClient, Token
 from idp.provider.store import ClientRecord, CodeRecord, SessionRecord, TokenRecord
@@ -224,6 +224,11 @@ class RotatingRefreshGrant(RefreshTokenGrant):
 
     def authenticate_user(self, refresh_token: TokenRecord) -> Principal | None:
         record: SessionRecord = self._portal_session
+        required = self.request.client.required_role
+        if required is not None and not has_role(db.session, record.user.id, required):
+            # The role was withdrawn since the login: the application's access ends with it,
+            # as its next authorization request would be refused.
+            raise InvalidGrantError("The user no longer holds the role this application requires.")
         current = now()
         # Using an application keeps the portal session alive, as browsing the portal does.
         if current - record.last_seen_at >= TOUCH_INTERVAL:

@@ -34,6 +34,8 @@ SINGLE_PARAMETERS = ("response_type", "client_id", "redirect_uri", "scope", "sta
 # Set when the portal sends the user to log in again for an application (prompt=login,
 # max_age): a session that started after it satisfies the request, so no loop.
 REAUTH_KEY = "oidc_reauth_after"
+# How long a forced login (prompt=login, max_age) may take: the password, the code, back.
+REAUTH_WINDOW = timedelta(minutes=10)
 # Password + emailed code, password + authenticator app, Pro Santé Connect (eIDAS levels).
 ACR_VALUES = ["urn:enrs:acr:pwd-otp-email", "urn:enrs:acr:pwd-otp-app", "eidas1", "eidas2"]
 
@@ -109,11 +111,15 @@ def _redirect_error(error: OAuth2Error):
     return op.server().handle_error_response(None, error)
 
 
-def _login_redirect(prompt_login: bool):
-    """To the login page, back here afterwards; a forced login records when it was asked."""
+def _login_redirect(prompt_login: bool, client_id: str):
+    """To the login page, back here afterwards; a forced login records when it was asked,
+    and by which application."""
     if prompt_login:
-        cookie[REAUTH_KEY] = now().isoformat()
-    params = {"next": request.full_path.rstrip("?")}
+        cookie[REAUTH_KEY] = {"asked_at": now().isoformat(), "client_id": client_id}
+    # From the parameters, not the URL: an application may send its request as a form
+    # (OIDC Core §3.1.2.1), and the login page brings the browser back here by GET.
+    query = urlencode(list(request.values.items(multi=True)))
+    params = {"next": f"{request.path}?{query}" if query else request.path}
     if prompt_login:
         params["reauth"] = "1"
     hint = request.values.get("login_hint")
@@ -122,15 +128,18 @@ def _login_redirect(prompt_login: bool):
     return redirect(url_for("login.login") + "?" + urlencode(params), code=303)
 
 
-def _fresh_enough(started: datetime) -> bool:
-    """Whether the session began after the portal last asked for a new login."""
-    asked = cookie.get(REAUTH_KEY)
-    if not asked or not isinstance(asked, str):
+def _fresh_enough(started: datetime, client_id: str) -> bool:
+    """Whether the session began after the portal asked this application's user for a new
+    login, a few minutes ago at most: a forced login left halfway must not excuse a later
+    one, nor another application's."""
+    mark = cookie.get(REAUTH_KEY)
+    if not isinstance(mark, dict) or mark.get("client_id") != client_id:
         return False
     try:
-        return started >= datetime.fromisoformat(asked)
-    except ValueError:
+        asked = datetime.fromisoformat(mark["asked_at"])
+    except (KeyError, TypeError, ValueError):
         return False
+    return started >= asked and now() - asked <= REAUTH_WINDOW
 
 
 @bp.route("/oidc/authorize", methods=["GET", "POST"])
@@ -167,12 +176,12 @@ def authorize():
                                                        state=request.values.get("state")))
     needs_login = user is None or "login" in prompts or (
         max_age is not None and now() - record.created_at > timedelta(seconds=int(max_age)))
-    if needs_login and user is not None and _fresh_enough(record.created_at):
+    if needs_login and user is not None and _fresh_enough(record.created_at, client.client_id):
         needs_login = False
     if needs_login:
         if "none" in prompts:
             return _redirect_error(LoginRequiredError(redirect_uri=redirect_uri, state=request.values.get("state")))
-        return _login_redirect(prompt_login=user is not None)
+        return _login_redirect(prompt_login=user is not None, client_id=client.client_id)
     cookie.pop(REAUTH_KEY, None)
     if g.get("cgu_outdated"):
         # Only reached with prompt=none (otherwise the CGU page came first): OIDC Core
