@@ -443,3 +443,30 @@ def test_an_admin_revokes_only_roles_of_their_departements(portal, professional,
                     data={"csrf_token": csrf(paris_page), "reason": "Départ."}).status_code == 303
     with portal.app_context():
         assert db.session.get(UserRole, role_id).revoked_at is not None
+
+
+def test_admins_of_the_departement_see_who_decided_and_who_read_the_attestation(portal, professional, mailbox):
+    from onboarding.accounts import create_admin
+    from portal.db import db
+
+    with portal.app_context():
+        create_admin(db.session, email="admin.eure@esante-test.fr", first_name="Marc", last_name="Petit",
+                     role="regional_admin", departments=["28"], actor=None, password=ADMIN_PASSWORD)
+        db.session.commit()
+    submit(portal, professional, generated_pdf(), "attestation.pdf")
+    [item] = requests_of(portal)
+    centre = admin(portal, mailbox, "pbernard", "admin.centre@esante-test.fr")
+    page = centre.get(f"/admin/requests/{item.id}").get_data(as_text=True)
+    assert centre.get(f"/admin/requests/{item.id}/attestation?download=1").status_code == 200
+    centre.post(f"/admin/requests/{item.id}", data={"csrf_token": csrf(page), "decision": "approve"})
+
+    def journal(client):
+        html = client.get("/admin/audit/").get_data(as_text=True)
+        match = re.search(r"<tbody>(.*)</tbody>", html, re.S)  # not the action filter's options
+        return match.group(1) if match else ""
+
+    colleague = journal(admin(portal, mailbox, "mpetit", "admin.eure@esante-test.fr"))
+    for label in ("Demande d'accès au ROR", "Attestation consultée", "Demande d'accès acceptée"):
+        assert label in unescape(colleague)
+    other_region = unescape(journal(admin(portal, mailbox, "lmoreau", "admin.idf@esante-test.fr")))
+    assert "Attestation consultée" not in other_region and "Demande d'accès acceptée" not in other_region

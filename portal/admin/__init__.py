@@ -12,6 +12,7 @@ from idp.models import ROLE_REGIONAL_ADMIN, ROLE_SUPER_ADMIN, User
 from idp.sessions import admin_required, super_admin_required
 from onboarding import accounts as operator_accounts
 from onboarding import approval
+from portal import audit
 from portal.db import db
 from portal.security import CONTENT_SECURITY_POLICY
 
@@ -252,6 +253,10 @@ def attestation(request_id: int):
     if item is None:
         abort(404)
     disposition = "attachment" if request.args.get("download") else "inline"
+    # Who read a professional's attestation (a signed document naming them) is on record.
+    audit.record(db.session, "access.attestation_view", actor_id=g.user.id, actor_label=g.user.login,
+                 target_type="access_request", target_id=item.id, details={"disposition": disposition})
+    db.session.commit()
     response = Response(store_for().iter_chunks(item.attestation_key), mimetype=item.attestation_type)
     response.headers["Content-Length"] = str(item.attestation_size)
     response.headers["Content-Disposition"] = (

@@ -2,9 +2,10 @@
 
 Who sees what: a super admin sees every entry. A regional admin sees the entries whose
 target is a user of their départements (the same rule as the account queues,
-`onboarding.approval.in_scope`), their own actions and the entries about their own
-account. Entries without a user target (FINESS imports, CGU versions, sessions…) are
-for super admins only. See docs/audit.md.
+`onboarding.approval.in_scope`) or an access request of their départements (requests,
+decisions and attestations viewed, by their colleagues too), their own actions and the
+entries about their own account. Entries without such a target (FINESS imports, CGU
+versions, sessions…) are for super admins only. See docs/audit.md.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from wtforms import Form, StringField
 
 from idp.models import User
 from idp.sessions import admin_required
-from onboarding import approval
+from onboarding import access, approval
+from onboarding.models import AccessRequest
 from portal import audit
 from portal.audit import AuditEntry
 from portal.clock import now
@@ -57,6 +59,7 @@ ACTION_LABELS: dict[str, str] = {
     "access.cancel": "Demande d'accès annulée",
     "access.approve": "Demande d'accès acceptée",
     "access.reject": "Demande d'accès refusée",
+    "access.attestation_view": "Attestation consultée",
     "role.revoke": "Rôle retiré",
     "account.email_change_requested": "Changement de mail demandé",
     "account.email_changed": "Mail pour l'authentification modifié",
@@ -258,6 +261,7 @@ def visible_to(query: sa.Select, admin: User) -> sa.Select:
     # target_id is a string column (it also holds session ids, "finess"…), so the user ids
     # are cast rather than the column: casting the column would fail on those values.
     users_in_scope = approval.in_scope(sa.select(sa.cast(User.id, sa.String(64))), admin)
+    requests_in_scope = access.in_scope(sa.select(sa.cast(AccessRequest.id, sa.String(64))), admin)
     return query.where(
         sa.or_(
             AuditEntry.actor_id == admin.id,
@@ -265,6 +269,7 @@ def visible_to(query: sa.Select, admin: User) -> sa.Select:
                 AuditEntry.target_type == "user",
                 sa.or_(AuditEntry.target_id == str(admin.id), AuditEntry.target_id.in_(users_in_scope)),
             ),
+            sa.and_(AuditEntry.target_type == "access_request", AuditEntry.target_id.in_(requests_in_scope)),
         )
     )
 
