@@ -17,6 +17,10 @@ _establishments = UserEstablishment.__table__
 _ROLES = (sa.select(_roles.c.role, _roles.c.finess)
           .where(_roles.c.user_id == sa.bindparam("user_id"), _roles.c.revoked_at.is_(None))
           .order_by(_roles.c.granted_at, _roles.c.id))
+_HAS_ROLE = (sa.select(_roles.c.id)
+             .where(_roles.c.user_id == sa.bindparam("user_id"), _roles.c.role == sa.bindparam("role"),
+                    _roles.c.revoked_at.is_(None))
+             .limit(1))
 _ESTABLISHMENTS = (sa.select(_establishments.c.finess, _establishments.c.name, _establishments.c.service,
                              _establishments.c.function_type)
                    .where(_establishments.c.user_id == sa.bindparam("user_id"))
@@ -29,10 +33,8 @@ def active_roles(session: Session, user_id: int) -> list[dict[str, str]]:
 
 
 def has_role(session: Session, user_id: int, role: str) -> bool:
-    return session.scalar(
-        sa.select(UserRole.id).where(UserRole.user_id == user_id, UserRole.role == role,
-                                     UserRole.revoked_at.is_(None)).limit(1)
-    ) is not None
+    """Asked at every authorization and refresh of an application that requires a role."""
+    return session.connection().execute(_HAS_ROLE, {"user_id": user_id, "role": role}).first() is not None
 
 
 def may_open(session: Session, user: User, client: Client) -> bool:
