@@ -707,20 +707,36 @@ def test_a_redirect_from_the_application_is_not_a_delivered_logout_notice(portal
 # -- keys -----------------------------------------------------------------------------------------
 
 
-def test_rotated_keys_sign_new_tokens_while_old_ones_stay_verifiable(portal, user_client):
-    old = tokens_for(user_client)["id_token"]
-    from idp.provider.keys import forget_cached_keys, rotate
+def _kid(user_client, id_token: str) -> str:
+    keys = KeySet.import_key_set(user_client.get("/oauth/jwks").json)
+    return jwt.decode(id_token, keys, algorithms=["RS256"]).header["kid"]
+
+
+def test_a_rotated_in_key_is_published_first_and_signs_minutes_later(portal, user_client, clock):
+    # Applications and proxies may keep the JWKS for its max-age, and other processes their
+    # keys for 30 s: a token must never carry a kid its verifier cannot find yet.
+    from idp.provider.keys import JWKS_MAX_AGE, PUBLICATION_DELAY, forget_cached_keys, rotate
     from portal.db import db
 
+    old_kid = _kid(user_client, tokens_for(user_client)["id_token"])
     with portal.app_context():
-        rotate(db.session, portal.config["SECRET_KEY"])
+        [new_rs256, _es256] = rotate(db.session, portal.config["SECRET_KEY"])
         db.session.commit()
         forget_cached_keys()
-    new = tokens_for(user_client)["id_token"]
-    keys = KeySet.import_key_set(user_client.get("/oauth/jwks").json)
-    assert jwt.decode(old, keys, algorithms=["RS256"]).header["kid"] != jwt.decode(
-        new, keys, algorithms=["RS256"]).header["kid"]
-    assert len(keys.keys) == 4
+    published = user_client.get("/oauth/jwks")
+    assert new_rs256.kid in {key["kid"] for key in published.json["keys"]} and len(published.json["keys"]) == 4
+    assert f"max-age={JWKS_MAX_AGE}" in published.headers["Cache-Control"]
+    assert PUBLICATION_DELAY.total_seconds() > JWKS_MAX_AGE + 30
+    clock.advance(PUBLICATION_DELAY.total_seconds() - 1)
+    with portal.app_context():
+        forget_cached_keys()
+    assert _kid(user_client, tokens_for(user_client)["id_token"]) == old_kid
+    clock.advance(1)
+    with portal.app_context():
+        forget_cached_keys()
+    assert _kid(user_client, tokens_for(user_client)["id_token"]) == new_rs256.kid
+    # The former key stays published a day after it stopped signing, for the tokens it signed.
+    assert old_kid in {key["kid"] for key in user_client.get("/oauth/jwks").json["keys"]}
 
 
 def test_private_keys_are_stored_encrypted(portal):
@@ -766,7 +782,20 @@ def test_operator_rotates_the_keys_from_the_command_line(portal, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "Nouvelle clé RS256" in result.output and "Nouvelle clé ES256" in result.output
     listed = runner.invoke(cli.main, ["keys", "list"]).output
-    assert listed.count("\tsigne") == 2 and listed.count("retirée") == len(before)
+    # The new keys are published and wait; the former ones sign until then.
+    assert listed.count("\tpubliée, signe à partir du") == 2 and listed.count("\tsigne jusqu'au") == len(before)
+    # After a suspected leak: keys that sign at once, the others retired at once.
+    assert runner.invoke(cli.main, ["keys", "rotate", "--now"]).exit_code == 0
+    listed = runner.invoke(cli.main, ["keys", "list"]).output
+    assert listed.count("\tsigne\n") == 2 and listed.count("retirée") == 4
+    with portal.app_context():
+        from idp.provider.keys import forget_cached_keys, key_ring
+        from idp.provider.models import SigningKey
+        from portal.db import db
+
+        forget_cached_keys()
+        latest = db.session.scalars(sa.select(SigningKey.kid).where(SigningKey.retired_at.is_(None))).all()
+        assert len(latest) == 2 and {kid for kid, _key in key_ring(db.session).signing.values()} == set(latest)
 
 
 def test_prompt_none_for_a_user_who_must_accept_new_cgu_answers_interaction_required(portal, user_client, clock):

@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
@@ -28,6 +28,13 @@ from idp.provider.models import SIGNING_ALGS, SigningKey
 from portal.clock import now
 
 KEY_CACHE_SECONDS = 30
+# What /oauth/jwks says a cache may keep it for.
+JWKS_MAX_AGE = 300
+# A rotated-in key is published this long before it signs: every process has reloaded its
+# keys by then, and every JWKS cached by an application or a proxy lists it; a token must
+# never carry a kid its verifier cannot find. (`enrs keys rotate --now`, after a leak,
+# signs at once.)
+PUBLICATION_DELAY = timedelta(seconds=KEY_CACHE_SECONDS + JWKS_MAX_AGE + 30)
 # The longest-lived token a key signs is an ID token (logout tokens live less); a retired
 # key is published this long after it stopped signing, then dropped.
 RETIRED_KEY_PUBLISHED = timedelta(days=1)
@@ -45,17 +52,23 @@ def _generate(alg: str) -> RSAKey | ECKey:
     return ECKey.generate_key("P-256", private=True)
 
 
-def add_key(session: Session, alg: str, secret_key: str) -> SigningKey:
-    """A new signing key for `alg`; the previous one of that algorithm is retired."""
+def add_key(session: Session, alg: str, secret_key: str, delay: timedelta = timedelta(0)) -> SigningKey:
+    """A new signing key for `alg`, published now and signing after `delay`, when the
+    previous one of that algorithm retires."""
     key = _generate(alg)
     kid = f"{alg.lower()}-{now():%Y%m%d}-{secrets.token_hex(4)}"
     public = key.as_dict(private=False)
     public.update(kid=kid, use="sig", alg=alg)
     current = now()
-    session.execute(sa.update(SigningKey).where(SigningKey.alg == alg, SigningKey.retired_at.is_(None))
-                    .values(retired_at=current))
+    starts = current + delay
+    # Every key of the algorithm still signing, or due to, stops when this one starts (a
+    # rotation --now also cuts short one announced before).
+    session.execute(sa.update(SigningKey)
+                    .where(SigningKey.alg == alg,
+                           sa.or_(SigningKey.retired_at.is_(None), SigningKey.retired_at > starts))
+                    .values(retired_at=starts))
     record = SigningKey(
-        kid=kid, alg=alg, public_jwk=public, created_at=current, retired_at=None,
+        kid=kid, alg=alg, public_jwk=public, created_at=current, signs_from=starts, retired_at=None,
         private_encrypted=_fernet(secret_key).encrypt(
             json.dumps(key.as_dict(private=True)).encode()).decode(),
     )
@@ -64,8 +77,11 @@ def add_key(session: Session, alg: str, secret_key: str) -> SigningKey:
     return record
 
 
-def rotate(session: Session, secret_key: str) -> list[SigningKey]:
-    added = [add_key(session, alg, secret_key) for alg in SIGNING_ALGS]
+def rotate(session: Session, secret_key: str, immediately: bool = False) -> list[SigningKey]:
+    """New keys for every algorithm: published now, signing after PUBLICATION_DELAY (at
+    once if `immediately`: a suspected leak outweighs the verifiers' caches)."""
+    delay = timedelta(0) if immediately else PUBLICATION_DELAY
+    added = [add_key(session, alg, secret_key, delay) for alg in SIGNING_ALGS]
     # Keys retired long enough ago signed nothing that is still valid.
     session.execute(sa.delete(SigningKey).where(SigningKey.retired_at < now() - RETIRED_KEY_PUBLISHED))
     return added
@@ -112,6 +128,14 @@ def forget_cached_keys() -> None:
     current_app.extensions.pop("enrs.oidc_keys", None)
 
 
+def _signs_from(record: SigningKey) -> datetime:
+    return record.signs_from or record.created_at
+
+
+def signs_at(record: SigningKey, moment: datetime) -> bool:
+    return _signs_from(record) <= moment and (record.retired_at is None or record.retired_at > moment)
+
+
 def _load(session: Session, previous: KeyRing | None) -> KeyRing:
     secret_key = current_app.config["SECRET_KEY"]
     records = list(session.scalars(sa.select(SigningKey).order_by(SigningKey.created_at)))
@@ -123,16 +147,20 @@ def _load(session: Session, previous: KeyRing | None) -> KeyRing:
     ring = KeyRing(loaded_at=time.monotonic())
     fernet = _fernet(secret_key)
     known = previous.signing if previous else {}
+    current = now()
     for record in records:
-        ring.public[record.kid] = record.public_jwk
-        if record.retired_at is None:
-            cached = known.get(record.alg)
-            if cached and cached[0] == record.kid:
-                ring.signing[record.alg] = cached  # decrypting and parsing again is wasted work
-                continue
-            data = json.loads(fernet.decrypt(record.private_encrypted.encode()))
-            key_class = RSAKey if record.alg == "RS256" else ECKey
-            key = key_class.import_key(data)
-            ring.signing[record.alg] = (record.kid, key)
+        ring.public[record.kid] = record.public_jwk  # published from the start, signing or not
+    for alg in SIGNING_ALGS:
+        # The key whose turn it is: started, not yet retired. A key only published waits.
+        ours = [r for r in records if r.alg == alg]
+        on_duty = [r for r in ours if signs_at(r, current)] or [r for r in ours if r.retired_at is None]
+        record = max(on_duty, key=_signs_from)
+        cached = known.get(alg)
+        if cached and cached[0] == record.kid:
+            ring.signing[alg] = cached  # decrypting and parsing again is wasted work
+            continue
+        data = json.loads(fernet.decrypt(record.private_encrypted.encode()))
+        key_class = RSAKey if alg == "RS256" else ECKey
+        ring.signing[alg] = (record.kid, key_class.import_key(data))
     ring.key_set = KeySet.import_key_set(ring.jwks())
     return ring

@@ -12,24 +12,29 @@ def register(main: click.Group, with_app: Callable, command_error: type[click.Cl
         """Signing keys of ID tokens and logout tokens."""
 
     @keys_group.command("rotate")
+    @click.option("--now", "immediately", is_flag=True,
+                  help="signer tout de suite avec les nouvelles clés (fuite supposée)")
     @with_app
-    def keys_rotate() -> None:
-        """Add new signing keys (RS256 and ES256) that sign from now on.
+    def keys_rotate(immediately: bool) -> None:
+        """Add new signing keys (RS256 and ES256), published at once, signing a few minutes
+        later (keys.PUBLICATION_DELAY), when every process and every cached JWKS lists them;
+        with --now, signing at once.
 
-        The previous keys stay published in the JWKS for a day, so tokens they signed
-        remain verifiable until they expire; every process picks the new keys up within
-        30 seconds."""
+        The previous keys stay published in the JWKS for a day after they stop signing, so
+        tokens they signed remain verifiable until they expire."""
         from flask import current_app
 
         from idp.provider.keys import rotate
         from portal import audit
         from portal.db import db
 
-        added = rotate(db.session, current_app.config["SECRET_KEY"])
-        audit.record(db.session, "oidc.keys_rotated", actor_label="cli", details={"kids": [k.kid for k in added]})
+        added = rotate(db.session, current_app.config["SECRET_KEY"], immediately=immediately)
+        audit.record(db.session, "oidc.keys_rotated", actor_label="cli",
+                     details={"kids": [k.kid for k in added], "immediately": immediately})
         db.session.commit()
         for key in added:
-            click.echo(f"Nouvelle clé {key.alg} : {key.kid}")
+            click.echo(f"Nouvelle clé {key.alg} : {key.kid}, publiée, signe à partir du "
+                       f"{key.signs_from:%Y-%m-%d %H:%M:%S} UTC")
 
     @keys_group.command("list")
     @with_app
@@ -40,8 +45,17 @@ def register(main: click.Group, with_app: Callable, command_error: type[click.Cl
         from idp.provider.models import SigningKey
         from portal.db import db
 
+        from portal.clock import now
+
+        current = now()
         rows = db.session.scalars(sa.select(SigningKey).order_by(SigningKey.retired_at.is_not(None),
                                                                  SigningKey.created_at.desc()))
         for key in rows:
-            state = "signe" if key.retired_at is None else f"retirée le {key.retired_at:%Y-%m-%d %H:%M}"
+            starts = key.signs_from or key.created_at
+            if key.retired_at is not None and key.retired_at <= current:
+                state = f"retirée le {key.retired_at:%Y-%m-%d %H:%M}"
+            elif starts > current:
+                state = f"publiée, signe à partir du {starts:%Y-%m-%d %H:%M}"
+            else:
+                state = "signe" + (f" jusqu'au {key.retired_at:%Y-%m-%d %H:%M}" if key.retired_at else "")
             click.echo(f"{key.kid}\t{key.alg}\t{state}")

@@ -179,7 +179,10 @@ class SigningKey(Base):
     # The private JWK, encrypted (Fernet) with a key derived from ENRS_SECRET_KEY.
     private_encrypted: Mapped[str] = mapped_column(sa.Text)
     created_at: Mapped[datetime]
-    # When a newer key took over signing; the key stays published until its tokens expired.
+    # When it starts signing: a rotated-in key is published first (keys.PUBLICATION_DELAY).
+    # None for keys made before this column: their created_at.
+    signs_from: Mapped[datetime | None]
+    # When a newer key takes over signing; the key stays published until its tokens expired.
     retired_at: Mapped[datetime | None]
 
 

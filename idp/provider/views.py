@@ -18,7 +18,7 @@ from flask_wtf.csrf import CSRFError, validate_csrf
 
 from idp.provider import server as op
 from idp.provider.claims import may_open, user_claims
-from idp.provider.keys import key_ring
+from idp.provider.keys import JWKS_MAX_AGE, key_ring
 from idp.provider.models import SCOPES, SIGNING_ALGS
 from portal import audit
 from portal.clock import now
@@ -91,8 +91,8 @@ def discovery():
 @bp.get("/oauth/jwks")
 def jwks():
     response = jsonify(key_ring(db.session).jwks())
-    # Short: after a rotation the new key must be fetched soon; verifiers refetch on an unknown kid.
-    response.headers["Cache-Control"] = "public, max-age=300"
+    # A rotated-in key is listed here PUBLICATION_DELAY before it signs, longer than this.
+    response.headers["Cache-Control"] = f"public, max-age={JWKS_MAX_AGE}"
     response.headers["Access-Control-Allow-Origin"] = "*"
     return response
 
