@@ -402,12 +402,24 @@ def test_the_request_goes_to_the_admins_of_the_directorys_departement(portal, pr
 
     assert _add_establishment(professional, not_listed="y", name="Clinique des Lilas", postal_code="28100",
                               city="Dreux").status_code == 303
+    # Meanwhile, the admins see that an establishment was typed in, not chosen in the directory.
+    from onboarding.referentials import get_establishment, is_valid_finess
+
+    with portal.app_context():
+        unlisted = next(number for number in (f"28{n:07d}" for n in range(10**7))
+                        if is_valid_finess(number) and get_establishment(db.session, number) is None)
+    assert _add_establishment(professional, not_listed="y", name="Cabinet Lilas", postal_code="28100", city="Dreux",
+                              finess=unlisted).status_code == 303
+    assert submit(portal, professional, generated_pdf(), "b.pdf", establishment=unlisted).status_code == 303
+    [typed_in] = requests_of(portal)
+    review = admin(portal, mailbox, "pbernard", "admin.centre@esante-test.fr").get(f"/admin/requests/{typed_in.id}")
+    assert "Hors répertoire FINESS" in review.get_data(as_text=True) and typed_in.department == "28"
     with portal.app_context():
         entry = db.session.scalar(sa.select(UserEstablishment).where(UserEstablishment.name == "Clinique des Lilas"))
         entry.finess = "750071136"  # as if typed in before the directory listed it
         db.session.commit()
     assert submit(portal, professional, generated_pdf(), "a.pdf", establishment="750071136").status_code == 303
-    [item] = requests_of(portal)
+    [_typed_in, item] = requests_of(portal)
     assert item.department == "75" and item.establishment_name != "Clinique des Lilas"
     assert admin(portal, mailbox, "pbernard", "admin.centre@esante-test.fr").get(
         f"/admin/requests/{item.id}").status_code == 404
