@@ -42,20 +42,19 @@ def register(main: click.Group, with_app: Callable, command_error: type[click.Cl
         """The published keys, the signing ones first."""
         import sqlalchemy as sa
 
+        from idp.provider.keys import signs_at
         from idp.provider.models import SigningKey
-        from portal.db import db
-
         from portal.clock import now
+        from portal.db import db
 
         current = now()
         rows = db.session.scalars(sa.select(SigningKey).order_by(SigningKey.retired_at.is_not(None),
                                                                  SigningKey.created_at.desc()))
         for key in rows:
-            starts = key.signs_from or key.created_at
-            if key.retired_at is not None and key.retired_at <= current:
-                state = f"retirée le {key.retired_at:%Y-%m-%d %H:%M}"
-            elif starts > current:
-                state = f"publiée, signe à partir du {starts:%Y-%m-%d %H:%M}"
-            else:
+            if signs_at(key, current):
                 state = "signe" + (f" jusqu'au {key.retired_at:%Y-%m-%d %H:%M}" if key.retired_at else "")
+            elif key.retired_at is not None and key.retired_at <= current:
+                state = f"retirée le {key.retired_at:%Y-%m-%d %H:%M}"
+            else:
+                state = f"publiée, signe à partir du {(key.signs_from or key.created_at):%Y-%m-%d %H:%M}"
             click.echo(f"{key.kid}\t{key.alg}\t{state}")
