@@ -43,3 +43,20 @@ def child_exit(server, worker) -> None:  # gunicorn hook
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+
+# A worker that stops (SIGTERM, or recycled after max_requests) first lets its delivery
+# thread finish what its requests committed: the code email being handed to the relay
+# is recorded as sent rather than cut off half-way (which would send it again, 2 minutes
+# later, once its claim expired). Bounded by the SMTP timeout; what is still queued
+# then stays in the outbox for `enrs worker`.
+MAIL_DRAIN_SECONDS = 10
+
+
+def worker_exit(server, worker) -> None:  # gunicorn hook, in the worker
+    from portal.mail import drain
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None and "enrs.mail.thread" in getattr(app, "extensions", {}):
+        if not drain(app, MAIL_DRAIN_SECONDS):
+            server.log.warning("worker %s stopped with mail still being delivered: the outbox keeps it", worker.pid)

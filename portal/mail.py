@@ -210,9 +210,12 @@ class DeliveryThread:
                 if ids is not None:
                     self.queue.task_done()
 
-    def drain(self) -> None:
-        """Wait until everything submitted so far was handled (tests, graceful stop)."""
-        self.queue.join()
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until everything submitted so far was handled (tests, graceful stop), at
+        most `timeout` seconds; whether it was."""
+        done = self.queue.all_tasks_done
+        with done:
+            return done.wait_for(lambda: not self.queue.unfinished_tasks, timeout)
 
 
 def init_app(app: Flask) -> None:
@@ -225,8 +228,8 @@ def init_app(app: Flask) -> None:
             app.extensions["enrs.mail.thread"].submit(ids)
 
 
-def drain(app: Flask) -> None:
-    app.extensions["enrs.mail.thread"].drain()
+def drain(app: Flask, timeout: float | None = None) -> bool:
+    return app.extensions["enrs.mail.thread"].drain(timeout)
 
 
 def sweep_outbox_every(app: Flask, seconds: float) -> None:

@@ -198,3 +198,38 @@ def test_a_message_sent_while_the_database_blinks_is_recorded_once_it_is_back(ap
             OutboxMessage.recipient == "blink@esante-test.fr"))
         assert status == "sent"
     assert len(mailbox.to("blink@esante-test.fr")) == 1
+
+
+class _StoppingWorker:
+    """What gunicorn hands its worker_exit hook: the worker with its app, the arbiter's log."""
+
+    def __init__(self, app) -> None:
+        self.wsgi, self.pid, self.warnings = app, 4242, []
+        self.log = self
+
+    def warning(self, message, *args) -> None:
+        self.warnings.append(message % args)
+
+
+def test_a_stopping_gunicorn_worker_first_lets_its_delivery_thread_finish(app, monkeypatch, tmp_path):
+    """SIGTERM or max_requests recycling: the email being handed over is finished and
+    recorded rather than cut off (which would send it again once its claim expired)."""
+    # Importing the settings would otherwise point this process's metrics at a new folder.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    import portal.gunicorn_conf as gunicorn_conf
+
+    thread = app.extensions["enrs.mail.thread"]
+    go, done = threading.Event(), []
+    thread.submit_job(lambda: go.wait(30))
+    thread.submit_job(lambda: done.append("delivered"))
+    worker = _StoppingWorker(app)
+
+    monkeypatch.setattr(gunicorn_conf, "MAIL_DRAIN_SECONDS", 0)
+    gunicorn_conf.worker_exit(worker, worker)
+    assert worker.warnings == ["worker 4242 stopped with mail still being delivered: the outbox keeps it"]
+    assert done == []
+
+    go.set()
+    monkeypatch.setattr(gunicorn_conf, "MAIL_DRAIN_SECONDS", 30)
+    gunicorn_conf.worker_exit(worker, worker)
+    assert done == ["delivered"] and len(worker.warnings) == 1

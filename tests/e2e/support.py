@@ -51,6 +51,8 @@ class WaitingMailbox(Mailbox):
     HTTP response, by the portal's request teardown, so it may arrive a moment later."""
 
     arrived: threading.Condition = field(init=False)
+    # When each message of `messages` was accepted (time.time()), in the same order.
+    accepted_at: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.arrived = threading.Condition(self.lock)
@@ -59,6 +61,7 @@ class WaitingMailbox(Mailbox):
         message = message_from_bytes(envelope.content, policy=policy.default)
         with self.arrived:
             self.messages.append(message)
+            self.accepted_at.append(time.time())
             self.arrived.notify_all()
         return "250 Message accepted for delivery"
 

@@ -78,6 +78,9 @@ def test_service_goes_on_after_the_kill(outcome):
 
 
 def test_nothing_acknowledged_is_lost_and_no_email_twice(outcome):
+    """Except, at most, the one message the killed worker had just handed to the SMTP
+    server and not yet recorded as sent: it goes out again, same Message-ID (see
+    Outcome.email_problems)."""
     assert_none(outcome.lost(), "acknowledged work lost or duplicated", outcome)
     assert_none(outcome.email_problems(), "emails not delivered exactly once", outcome)
 
