@@ -3,7 +3,7 @@
 The portal runs as in production: `enrs serve --prod --workers 4 --threads 8` (gunicorn,
 gthread, huge pages for the hash's memory) and `enrs worker` beside it, on a PostgreSQL database of its own (created, then
 dropped), Redis for the shared rate limits, and an SMTP server on loopback that receives
-the login codes. An asyncio driver (httpx) offers journeys at a rising arrival rate
+the login codes. An asyncio driver (aiohttp on uvloop) offers journeys at a rising arrival rate
 (open model, Poisson arrivals), each virtual user doing: GET /login, POST identifier +
 password, the code read from the mail, GET + POST /login/code, GET /apps, GET
 /apps/ror-demo/open, then the demo ROR application's authorization request (PKCE) → code,

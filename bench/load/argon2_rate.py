@@ -15,9 +15,8 @@ import subprocess
 import sys
 import time
 
-from portal.huge_pages import TUNABLE
-
 from bench.load.setup import REPO
+from portal.huge_pages import TUNABLE
 
 
 def machine_rate(processes: int, seconds: float = 5.0, huge_pages: bool = False) -> dict[str, object]:

@@ -823,7 +823,7 @@ class Outcome:
             self.received = [(str(m["To"]), str(m["Subject"]), str(m["Message-ID"]))
                              for m in mailbox.messages]
             self.accepted_at: dict[str, list[float]] = {}
-            for (_, _, message_id), at in zip(self.received, mailbox.accepted_at):
+            for (_, _, message_id), at in zip(self.received, mailbox.accepted_at, strict=True):
                 self.accepted_at.setdefault(message_id, []).append(at)
         root = self.stack.store_root
         self.files = {}
