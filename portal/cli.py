@@ -254,19 +254,28 @@ def _serve_with_gunicorn(host: str, port: int, workers: int, threads: int) -> No
 
     huge_pages.restart_with_huge_pages()  # before any work: the command may start again here
 
-    from gunicorn.app.base import BaseApplication
-
     # First: it sets PROMETHEUS_MULTIPROC_DIR, which must precede the metrics' creation.
-    from portal import gunicorn_conf
+    from portal import gunicorn_conf  # noqa: F401 - imported for that
 
     get_app()  # a configuration error stops here, with its one line, before any fork
 
+    pages = " ; grandes pages mémoire pour les hachages Argon2id" if huge_pages.active() else ""
+    click.echo(f"gunicorn : {workers} processus × {threads} fils sur http://{host}:{port}{pages}")
+    gunicorn_application(host, port, workers, threads).run()
+
+
+def gunicorn_application(host: str, port: int, workers: int, threads: int):
+    """gunicorn with every setting and hook portal/gunicorn_conf.py defines (the same as
+    `gunicorn -c python:portal.gunicorn_conf`), and the command line's address and counts."""
+    from gunicorn.app.base import BaseApplication
+
+    from portal import gunicorn_conf
+
     class Portal(BaseApplication):
         def load_config(self) -> None:
-            for name in ("worker_class", "timeout", "graceful_timeout", "keepalive", "forwarded_allow_ips",
-                         "accesslog", "errorlog", "max_requests", "max_requests_jitter", "child_exit",
-                         "control_socket_disable"):
-                self.cfg.set(name, getattr(gunicorn_conf, name))
+            for name in self.cfg.settings:
+                if hasattr(gunicorn_conf, name) and name not in ("bind", "workers", "threads"):
+                    self.cfg.set(name, getattr(gunicorn_conf, name))
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("threads", threads)
@@ -276,9 +285,7 @@ def _serve_with_gunicorn(host: str, port: int, workers: int, threads: int) -> No
 
             return app
 
-    pages = " ; grandes pages mémoire pour les hachages Argon2id" if huge_pages.active() else ""
-    click.echo(f"gunicorn : {workers} processus × {threads} fils sur http://{host}:{port}{pages}")
-    Portal().run()
+    return Portal()
 
 
 @main.command("worker")

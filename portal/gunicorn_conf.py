@@ -46,17 +46,18 @@ def child_exit(server, worker) -> None:  # gunicorn hook
 
 
 # A worker that stops (SIGTERM, or recycled after max_requests) first lets its delivery
-# thread finish what its requests committed: the code email being handed to the relay
-# is recorded as sent rather than cut off half-way (which would send it again, 2 minutes
-# later, once its claim expired). Bounded by the SMTP timeout; what is still queued
-# then stays in the outbox for `enrs worker`.
+# thread finish the message in hand, claiming no other: the code email being handed to
+# the relay is recorded as sent rather than cut off between the relay's 250 and that
+# record (which would send it again, 2 minutes later, once its claim expired). What is
+# still queued is committed outbox rows that `enrs worker` sends. At most this long; the
+# master kills the worker anyway graceful_timeout after SIGTERM.
 MAIL_DRAIN_SECONDS = 10
 
 
 def worker_exit(server, worker) -> None:  # gunicorn hook, in the worker
-    from portal.mail import drain
+    from portal.mail import stop_delivery
 
     app = getattr(worker, "wsgi", None)
     if app is not None and "enrs.mail.thread" in getattr(app, "extensions", {}):
-        if not drain(app, MAIL_DRAIN_SECONDS):
+        if not stop_delivery(app, MAIL_DRAIN_SECONDS):
             server.log.warning("worker %s stopped with mail still being delivered: the outbox keeps it", worker.pid)

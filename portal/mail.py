@@ -138,9 +138,9 @@ def _run_periodic(app: Flask) -> None:
         run_job(job)
 
 
-def _deliver_quietly(ids: list[int] | None) -> None:
+def _deliver_quietly(ids: list[int] | None, stopping: threading.Event | None = None) -> None:
     try:
-        deliver(ids=ids)
+        deliver(ids=ids, stopping=stopping)
     except Exception:  # the outbox keeps them; never fail the user's committed action
         log.exception("immediate delivery failed; messages stay in the outbox")
 
@@ -175,6 +175,9 @@ class DeliveryThread:
         # `enrs serve` sets it: when idle, the thread also retries what is due in the
         # outbox, so a single-process portal needs no separate worker.
         self.sweep_seconds: float | None = None
+        # Held while the thread handles an item; `stop()` waits for it.
+        self.busy = threading.Lock()
+        self.stopping = threading.Event()
 
     def start(self) -> None:
         with self.lock:
@@ -199,16 +202,30 @@ class DeliveryThread:
             except queue.Empty:
                 ids = None
             try:
-                with self.app.app_context():
-                    if callable(ids):
-                        run_job(ids)
-                    else:
-                        _deliver_quietly(ids)
-                    if ids is None:
-                        _run_periodic(self.app)
+                # Once stopping, nothing new is claimed: what is queued is committed work
+                # (outbox rows, logout notices) that `enrs worker` or another process sends.
+                if not self.stopping.is_set():
+                    with self.busy, self.app.app_context():
+                        if callable(ids):
+                            run_job(ids)
+                        else:
+                            _deliver_quietly(ids, self.stopping)
+                        if ids is None:
+                            _run_periodic(self.app)
             finally:
                 if ids is not None:
                     self.queue.task_done()
+
+    def stop(self, timeout: float) -> bool:
+        """For a process about to exit: claim nothing more, and let the message in hand be
+        sent and recorded (a process that dies between the relay's 250 and that record
+        leaves the message to be sent again). Waits at most `timeout` seconds; whether the
+        thread was left idle."""
+        self.stopping.set()
+        if not self.busy.acquire(timeout=timeout):
+            return False
+        self.busy.release()
+        return True
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until everything submitted so far was handled (tests, graceful stop), at
@@ -230,6 +247,10 @@ def init_app(app: Flask) -> None:
 
 def drain(app: Flask, timeout: float | None = None) -> bool:
     return app.extensions["enrs.mail.thread"].drain(timeout)
+
+
+def stop_delivery(app: Flask, timeout: float) -> bool:
+    return app.extensions["enrs.mail.thread"].stop(timeout)
 
 
 def sweep_outbox_every(app: Flask, seconds: float) -> None:
@@ -259,8 +280,10 @@ def backoff(attempts: int) -> timedelta:
     return timedelta(seconds=min(MAX_BACKOFF_SECONDS, 30 * 2 ** max(0, attempts - 1)))
 
 
-def deliver(ids: Iterable[int] | None = None, limit: int = 200) -> DeliveryReport:
-    """Deliver the given messages, or every message that is due; returns what happened."""
+def deliver(ids: Iterable[int] | None = None, limit: int = 200,
+            stopping: threading.Event | None = None) -> DeliveryReport:
+    """Deliver the given messages, or every message that is due; returns what happened.
+    Once `stopping` is set, the messages not yet claimed are left in the outbox."""
     report = DeliveryReport()
     session = db.new_session()
     try:
@@ -280,6 +303,8 @@ def deliver(ids: Iterable[int] | None = None, limit: int = 200) -> DeliveryRepor
         transport = make_transport(current_settings().mail_url)
         try:
             for message_id in ids:
+                if stopping is not None and stopping.is_set():
+                    break
                 message = _claim(session, message_id)
                 if message is None:
                     continue

@@ -211,17 +211,26 @@ class _StoppingWorker:
         self.warnings.append(message % args)
 
 
-def test_a_stopping_gunicorn_worker_first_lets_its_delivery_thread_finish(app, monkeypatch, tmp_path):
-    """SIGTERM or max_requests recycling: the email being handed over is finished and
-    recorded rather than cut off (which would send it again once its claim expired)."""
+@pytest.fixture()
+def gunicorn_conf(monkeypatch, tmp_path):
     # Importing the settings would otherwise point this process's metrics at a new folder.
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    import portal.gunicorn_conf as gunicorn_conf
+    import portal.gunicorn_conf
+
+    return portal.gunicorn_conf
+
+
+def test_a_stopping_gunicorn_worker_lets_the_delivery_in_hand_finish_and_claims_no_more(
+        app, gunicorn_conf, monkeypatch, mailbox):
+    """SIGTERM or max_requests recycling: the email being handed over is finished and
+    recorded rather than cut off (which would send it again once its claim expired);
+    what is still queued stays in the outbox for `enrs worker`."""
+    from portal.mail import deliver
 
     thread = app.extensions["enrs.mail.thread"]
-    go, done = threading.Event(), []
-    thread.submit_job(lambda: go.wait(30))
-    thread.submit_job(lambda: done.append("delivered"))
+    started, go, done = threading.Event(), threading.Event(), []
+    thread.submit_job(lambda: (started.set(), go.wait(30), done.append("in hand")))
+    assert started.wait(30)
     worker = _StoppingWorker(app)
 
     monkeypatch.setattr(gunicorn_conf, "MAIL_DRAIN_SECONDS", 0)
@@ -229,7 +238,30 @@ def test_a_stopping_gunicorn_worker_first_lets_its_delivery_thread_finish(app, m
     assert worker.warnings == ["worker 4242 stopped with mail still being delivered: the outbox keeps it"]
     assert done == []
 
+    from portal.db import db
+    from portal.mail import queue_mail
+
+    with app.test_request_context("/"):  # committed by a request as the worker stops
+        queue_mail(db.session, "nathalie.petit@esante-test.fr", "Code", "test_message", text="123456")
+        db.session.commit()
+    # handed to the delivery thread, which claims it no more
     go.set()
     monkeypatch.setattr(gunicorn_conf, "MAIL_DRAIN_SECONDS", 30)
     gunicorn_conf.worker_exit(worker, worker)
-    assert done == ["delivered"] and len(worker.warnings) == 1
+    assert done == ["in hand"] and len(worker.warnings) == 1
+    assert thread.drain(30)
+    assert [m.status for m in _outbox(app)] == ["pending"] and mailbox.messages == []
+    with app.app_context():
+        assert deliver().sent == 1  # `enrs worker`'s round
+    assert len(mailbox.messages) == 1
+
+
+def test_enrs_serve_prod_runs_gunicorn_with_every_setting_and_hook_of_its_config(gunicorn_conf):
+    from portal.cli import gunicorn_application
+
+    cfg = gunicorn_application("127.0.0.1", 8123, 3, 5).cfg
+    assert (cfg.bind, cfg.workers, cfg.threads) == (["127.0.0.1:8123"], 3, 5)
+    assert cfg.settings["worker_exit"].get() is gunicorn_conf.worker_exit
+    assert cfg.settings["child_exit"].get() is gunicorn_conf.child_exit
+    for name in ("worker_class", "timeout", "graceful_timeout", "keepalive", "max_requests", "errorlog"):
+        assert cfg.settings[name].get() == getattr(gunicorn_conf, name), name

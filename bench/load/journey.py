@@ -48,8 +48,11 @@ MAIL_TIMEOUT = 30.0
 _TLS = ssl.create_default_context()
 # The driver shares the portal's cores: its HTTP client is aiohttp, whose parser is C
 # (httpx, pure Python, cost the driver 26-34 ms of CPU per whole journey in the load
-# test; aiohttp on uvloop 12-15 ms).
+# test; aiohttp on uvloop 14-16 ms).
 CONNECTION_LOST = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+# Idle connections are dropped before gunicorn's keepalive (5 s) closes them, as httpx's
+# 5 s expiry did; aiohttp's default (15 s) would reuse many a closed one.
+KEEPALIVE_SECONDS = 4.0
 
 
 @dataclass
@@ -183,7 +186,8 @@ class RelyingParty:
         # driver's event loop.
         if self.http is None:
             self.http = aiohttp.ClientSession(timeout=HTTP_TIMEOUT,
-                                              connector=aiohttp.TCPConnector(limit=200, ssl=_TLS))
+                                              connector=aiohttp.TCPConnector(limit=200, ssl=_TLS,
+                                                                             keepalive_timeout=KEEPALIVE_SECONDS))
         return self.http
 
     async def call(self, step: str, method: str, url: str, **kwargs) -> Answer:
@@ -263,7 +267,8 @@ async def journey(portal: str, account: Account, inbox: Inbox, rp: RelyingParty,
     /apps), without opening the application or logging out."""
     # A browser of its own: its cookies, its connections, from its workstation's address.
     browser = aiohttp.ClientSession(portal, timeout=HTTP_TIMEOUT, cookie_jar=aiohttp.CookieJar(unsafe=True),
-                                    connector=aiohttp.TCPConnector(local_addr=(account.address, 0), ssl=_TLS))
+                                    connector=aiohttp.TCPConnector(local_addr=(account.address, 0), ssl=_TLS,
+                                                                   keepalive_timeout=KEEPALIVE_SECONDS))
 
     async def send(method: str, url: str, **kwargs) -> Answer:
         async with browser.request(method, url, allow_redirects=False, **kwargs) as response:
@@ -274,6 +279,8 @@ async def journey(portal: str, account: Account, inbox: Inbox, rp: RelyingParty,
         try:
             try:
                 response = await send(method, url, **kwargs)
+            except aiohttp.ClientConnectorError:
+                raise  # no connection at all: an error, not a stale kept-alive one
             except CONNECTION_LOST:
                 # The server closed the kept-alive connection (gunicorn's keepalive, 5 s)
                 # as the request went out on it: browsers send the request again on a new

@@ -65,6 +65,11 @@ class WaitingMailbox(Mailbox):
             self.arrived.notify_all()
         return "250 Message accepted for delivery"
 
+    def clear(self) -> None:
+        with self.lock:
+            self.messages.clear()
+            self.accepted_at.clear()
+
     def mark(self) -> int:
         """A position to wait from: take it before the action that sends the mail."""
         with self.lock:
