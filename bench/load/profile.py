@@ -1,7 +1,7 @@
-"""Opt-in (BENCH_LOAD_PYSPY=1): py-spy samples every gunicorn worker during the fixed-rate
-phase; the summary says which libraries the portal's Python threads spend their active
-time in (a stack counts for every library it goes through) and the functions at the top
-of the stacks. Threads waiting (sockets, locks, the Argon2 lanes computing in C threads
+"""Opt-in (BENCH_LOAD_PYSPY=1, with BENCH_LOAD_PYSPY_GIL=1 for the Python CPU alone):
+py-spy samples every gunicorn worker during the fixed-rate phase; the summary says which
+libraries the portal's Python threads spend their active time in (a stack counts for
+every library it goes through) and the functions at the top of the stacks. Threads waiting (sockets, locks, the Argon2 lanes computing in C threads
 of their own) are not sampled: Argon2's share is known from its own measurement."""
 from __future__ import annotations
 
@@ -35,9 +35,13 @@ def start(master_pid: int, seconds: float, output: Path) -> subprocess.Popen | N
     binary = py_spy()
     if binary is None:
         return None
+    # BENCH_LOAD_PYSPY_GIL=1: only threads holding the GIL, i.e. the Python CPU (without it,
+    # threads waiting in C calls, the database or argon2, count as active too).
+    gil = ["--gil"] if os.environ.get("BENCH_LOAD_PYSPY_GIL", "") not in ("", "0") else []
     return subprocess.Popen([binary, "record", "--pid", str(master_pid), "--subprocesses", "--format", "raw",
-                             "--rate", os.environ.get("BENCH_LOAD_PYSPY_RATE", "50"), "--duration", str(int(seconds)), "--nonblocking", "--output",
-                             str(output)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--rate", os.environ.get("BENCH_LOAD_PYSPY_RATE", "50"), "--duration", str(int(seconds)),
+                             "--nonblocking", *gil, "--output", str(output)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def summarise(path: Path, top: int = 15) -> dict:
