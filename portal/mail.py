@@ -228,7 +228,7 @@ class DeliveryThread:
         return True
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until everything submitted so far was handled (tests, graceful stop), at
+        """Wait until everything submitted so far was handled (tests), at
         most `timeout` seconds; whether it was."""
         done = self.queue.all_tasks_done
         with done:
