@@ -76,3 +76,35 @@ def test_the_loop_stops_when_asked(app):
     stop.set()
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_a_stop_asked_mid_round_ends_it_after_the_message_in_hand(app, mailbox, monkeypatch):
+    """SIGTERM while the round sends: the message in hand is sent and recorded, no other is
+    claimed (they stay in the outbox for the next process), no periodic job starts."""
+    from portal.db import db
+    from portal.mail import OutboxMessage, queue_mail
+    from portal.worker import run_once
+
+    with app.app_context():
+        for n in range(3):
+            queue_mail(db.session, f"personne{n}@esante-test.fr", "Essai", "test_message", portal_name="Test")
+        db.session.info.pop("enrs_outbox")  # left to the worker
+        db.session.commit()
+    stop = threading.Event()
+    accept = mailbox.handle_DATA
+
+    async def accept_then_stop(server, session, envelope):  # SIGTERM arrives during the first delivery
+        stop.set()
+        return await accept(server, session, envelope)
+
+    monkeypatch.setattr(mailbox, "handle_DATA", accept_then_stop)
+    jobs_run = []
+    monkeypatch.setitem(app.extensions, "enrs.periodic", [lambda: jobs_run.append(1)])
+
+    assert run_once(app, stop) == {"mail_sent": 1, "mail_failed": 0, "job_failures": 0}
+    assert len(mailbox.messages) == 1 and jobs_run == []
+    with app.app_context():
+        statuses = sorted(db.session.scalars(sa.select(OutboxMessage.status)))
+    assert statuses == ["pending", "pending", "sent"]
+    assert run_once(app)["mail_sent"] == 2 and jobs_run == [1]
+    assert len(mailbox.messages) == 3
