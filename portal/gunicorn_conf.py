@@ -49,8 +49,10 @@ def child_exit(server, worker) -> None:  # gunicorn hook
 # thread finish the message in hand, claiming no other: the code email being handed to
 # the relay is recorded as sent rather than cut off between the relay's 250 and that
 # record (which would send it again, 2 minutes later, once its claim expired). What is
-# still queued is committed outbox rows that `enrs worker` sends. At most this long; the
-# master kills the worker anyway graceful_timeout after SIGTERM.
+# still queued is committed outbox rows that `enrs worker` sends. At most this long (a
+# worker stopped alone is killed by the master after `timeout` without a heartbeat, and
+# when the whole server stops, `graceful_timeout` after SIGTERM, in-flight requests
+# included: the hook may then get less).
 MAIL_DRAIN_SECONDS = 10
 
 

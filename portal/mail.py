@@ -204,14 +204,16 @@ class DeliveryThread:
             try:
                 # Once stopping, nothing new is claimed: what is queued is committed work
                 # (outbox rows, logout notices) that `enrs worker` or another process sends.
-                if not self.stopping.is_set():
-                    with self.busy, self.app.app_context():
-                        if callable(ids):
-                            run_job(ids)
-                        else:
-                            _deliver_quietly(ids, self.stopping)
-                        if ids is None:
-                            _run_periodic(self.app)
+                # Checked under `busy`, so that a stop() that found the thread idle stays true.
+                with self.busy:
+                    if not self.stopping.is_set():
+                        with self.app.app_context():
+                            if callable(ids):
+                                run_job(ids)
+                            else:
+                                _deliver_quietly(ids, self.stopping)
+                            if ids is None and not self.stopping.is_set():
+                                _run_periodic(self.app)
             finally:
                 if ids is not None:
                     self.queue.task_done()
@@ -222,6 +224,8 @@ class DeliveryThread:
         leaves the message to be sent again). Waits at most `timeout` seconds; whether the
         thread was left idle."""
         self.stopping.set()
+        if threading.current_thread() is self.thread:
+            return False  # from one of its own jobs: the item in hand is the caller's
         if not self.busy.acquire(timeout=timeout):
             return False
         self.busy.release()

@@ -249,7 +249,9 @@ def test_a_stopping_gunicorn_worker_lets_the_delivery_in_hand_finish_and_claims_
     monkeypatch.setattr(gunicorn_conf, "MAIL_DRAIN_SECONDS", 30)
     gunicorn_conf.worker_exit(worker, worker)
     assert done == ["in hand"] and len(worker.warnings) == 1
+    thread.submit_job(lambda: done.append("queued after the stop"))
     assert thread.drain(30)
+    assert done == ["in hand"], "nothing new runs once stopping"
     assert [m.status for m in _outbox(app)] == ["pending"] and mailbox.messages == []
     with app.app_context():
         assert deliver().sent == 1  # `enrs worker`'s round

@@ -2,8 +2,8 @@
 recycling after max_requests does) while its email is in the hands of the SMTP server.
 
 The stop is aimed: the suite's SMTP server holds the next message before answering 250,
-the worker that sent it gets SIGTERM, and the server answers a second later, once the
-worker is on its way out. The worker must finish that delivery and record it (its
+the worker that sent it gets SIGTERM, and the server answers half a second after gunicorn
+logged "Worker exiting" for it (its requests answered, only its exit hook left). The worker must finish that delivery and record it (its
 `worker_exit` hook, portal/gunicorn_conf.py) rather than exit with the message claimed:
 it would then go out a second time once its claim expired. gunicorn forks a replacement;
 the requests in flight on the stopping worker are answered; nothing is lost.
@@ -18,7 +18,7 @@ import pytest
 
 from tests.faults.support import DATABASE, Load, Outcome, assert_none, iter_until, pg_query, run_scenario
 
-HELD_AFTER_SIGTERM = 1.0  # seconds the SMTP server still holds its 250 once the worker was told to stop
+HELD_AFTER_EXITING = 0.5  # seconds the SMTP server still holds its 250 once the worker is on its way out
 
 
 def sender_of(message_id: str) -> int:
@@ -51,7 +51,14 @@ def outcome(production_stack) -> Outcome:
                     return
                 os.kill(sender, signal.SIGTERM)
                 notes["stopped_at"] = round(load.now(), 2)
-                time.sleep(HELD_AFTER_SIGTERM)
+                # gunicorn logs this once the worker's requests are answered, just before its
+                # worker_exit hook: from then on, only the hook keeps it alive.
+                exiting = f"Worker exiting (pid: {sender})"
+                for _ in iter_until(20, 0.05):
+                    if exiting in (stack.artifacts / "gunicorn.log").read_text(errors="replace"):
+                        notes["exiting_at"] = round(load.now(), 2)
+                        break
+                time.sleep(HELD_AFTER_EXITING)
                 notes["sender_alive_when_released"] = os.path.exists(f"/proc/{sender}")
             finally:
                 mailbox.release()
@@ -74,6 +81,7 @@ def aimed(outcome: Outcome) -> dict:
 
 def test_the_stopping_worker_waits_for_its_email_and_is_replaced(outcome):
     notes = aimed(outcome)
+    assert "exiting_at" in notes, f"worker {notes['sender']} never logged its exit: {outcome.describe()}"
     assert notes["sender_alive_when_released"], f"the worker exited with its email in hand: {outcome.describe()}"
     assert "workers_after" in notes, f"no replacement for worker {notes['sender']}: {outcome.describe()}"
     assert notes["readyz_after_stop"] == 200
