@@ -3,9 +3,10 @@ recycling after max_requests does) while its email is in the hands of the SMTP s
 
 The stop is aimed: the suite's SMTP server holds the next message before answering 250,
 the worker that sent it gets SIGTERM, and the server answers half a second after gunicorn
-logged "Worker exiting" for it (its requests answered, only its exit hook left). The worker must finish that delivery and record it (its
-`worker_exit` hook, portal/gunicorn_conf.py) rather than exit with the message claimed:
-it would then go out a second time once its claim expired. gunicorn forks a replacement;
+logged "Worker exiting" for it (its requests answered, only its exit hook left). The
+worker must finish that delivery and record it (its `worker_exit` hook,
+portal/gunicorn_conf.py) rather than exit with the message claimed: it would then go out
+a second time once its claim expired. gunicorn forks a replacement;
 the requests in flight on the stopping worker are answered; nothing is lost.
 """
 from __future__ import annotations
