@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 from flask import session as cookie
 from flask_wtf import FlaskForm
+from sqlalchemy.orm import joinedload
 from wtforms import HiddenField, PasswordField, StringField
 
 from idp import codes, lockout, totp
@@ -43,12 +44,15 @@ class CodeForm(FlaskForm):
     code = StringField("Code reçu par mail")
 
 
-def find_account(session, username: str) -> User | None:
+def find_account(session, username: str) -> tuple[User | None, bool]:
+    """The account named by its email or login, and whether it has an authenticator app
+    (read in the same round trip: the password step needs both)."""
     value = (username or "").strip().lower()
     if not value or len(value) > 320:
-        return None
+        return None, False
     column = User.email if "@" in value else User.login
-    return session.scalar(sa.select(User).where(column == value))
+    row = session.execute(sa.select(User, totp.app_enrolled(User.id)).where(column == value)).one_or_none()
+    return (row[0], bool(row[1])) if row is not None else (None, False)
 
 
 def _failed(response) -> bool:
@@ -71,7 +75,7 @@ def login():
             return redirect(safe_next(form.next.data, url_for("dashboard.apps")))
     if request.method == "POST" and form.validate():
         session = db.session
-        user = find_account(session, form.username.data or "")
+        user, app_enrolled = find_account(session, form.username.data or "")
         # The hash is computed whether or not the account exists or is locked, so that
         # neither shows in the response time.
         password_ok = verify_password(user.password_hash if user else None, form.password.data or "")
@@ -99,7 +103,7 @@ def login():
         session.add(pending)
         # With an authenticator app the code comes from the app; the email code remains
         # one click away ("Recevoir plutôt un code par mail").
-        if not totp.has_totp(session, user):
+        if not app_enrolled:
             codes.send_code(session, pending)
         audit.record(session, "login.password_ok", actor_id=user.id, actor_label=user.login,
                      target_type="user", target_id=user.id)
@@ -109,14 +113,26 @@ def login():
     return render_template("idp/login.html", form=form, error=None)
 
 
-def _pending() -> PendingLogin | None:
+# The pending login, its user, and whether that user has an authenticator app: what
+# every second-step page needs, in one round trip.
+_PENDING = (sa.select(PendingLogin, totp.app_enrolled(PendingLogin.user_id))
+            .options(joinedload(PendingLogin.user))
+            .where(PendingLogin.id == sa.bindparam("id")))
+
+
+def _pending() -> tuple[PendingLogin, bool] | tuple[None, bool]:
+    """(the browser's pending login, whether its user has an authenticator app), or
+    (None, False) when there is none, or it is used or expired."""
     token = cookie.get(PENDING_KEY)
     if not token or not isinstance(token, str):
-        return None
-    pending = db.session.get(PendingLogin, token_digest(token))
-    if pending is None or pending.consumed_at is not None or pending.expires_at <= now():
-        return None
-    return pending
+        return None, False
+    row = db.session.execute(_PENDING, {"id": token_digest(token)}).one_or_none()
+    if row is None:
+        return None, False
+    pending, app_enrolled = row
+    if pending.consumed_at is not None or pending.expires_at <= now():
+        return None, False
+    return pending, bool(app_enrolled)
 
 
 def _restart(message: str):
@@ -125,12 +141,11 @@ def _restart(message: str):
     return redirect(url_for("login.login"), code=303)
 
 
-def _second_factor(session, pending: PendingLogin, answer: str) -> tuple[list[str], str] | None:
+def _second_factor(session, pending: PendingLogin, enrolled: bool, answer: str) -> tuple[list[str], str] | None:
     """(amr, acr) of the second factor the answer proves, or None. Tried in turn: the
-    authenticator app, the emailed code, a recovery code."""
+    authenticator app (when `enrolled`), the emailed code, a recovery code."""
     user = pending.user
     digits = "".join(ch for ch in answer if ch.isdigit())
-    enrolled = totp.has_totp(session, user)
     if enrolled and len(digits) == 6 and digits == answer.replace(" ", "") and totp.verify_totp(session, user, digits):
         return AMR_TOTP, ACR_TOTP
     if codes.email_code_matches(pending, digits):
@@ -140,17 +155,15 @@ def _second_factor(session, pending: PendingLogin, answer: str) -> tuple[list[st
     return None
 
 
-def _code_page(form: CodeForm, pending: PendingLogin, error: str | None, status: int = 200):
-    session = db.session
+def _code_page(form: CodeForm, pending: PendingLogin, app_enrolled: bool, error: str | None, status: int = 200):
     return render_template("idp/login_code.html", form=form, error=error, pending=pending,
-                           app_enrolled=totp.has_totp(session, pending.user),
-                           email_sent=pending.code_hash is not None), status
+                           app_enrolled=app_enrolled, email_sent=pending.code_hash is not None), status
 
 
 @bp.route("/login/code", methods=["GET", "POST"])
 @limiter.limit("20 per minute", methods=["POST"])
 def code():
-    pending = _pending()
+    pending, app_enrolled = _pending()
     if pending is None:
         return _restart("Votre demande de connexion a expiré. Veuillez vous authentifier à nouveau.")
     form = CodeForm()
@@ -159,9 +172,9 @@ def code():
         answer = (form.code.data or "").strip()[:64]
         try:
             attempts = codes.count_attempt(session, pending)
-            proof = _second_factor(session, pending, answer)
+            proof = _second_factor(session, pending, app_enrolled, answer)
             if proof is None:
-                if codes.email_code_expired(pending) and not totp.has_totp(session, pending.user):
+                if codes.email_code_expired(pending) and not app_enrolled:
                     raise CodeRefused("expired")
                 left = codes.MAX_CODE_ATTEMPTS - attempts
                 raise CodeRefused("wrong" if left else "exhausted", left)
@@ -174,14 +187,14 @@ def code():
             if refused.reason == "used":
                 return _restart("Ce code a déjà été utilisé. Veuillez vous authentifier à nouveau.")
             form.code.data = ""
-            return _code_page(form, pending, REFUSALS[refused.reason].format(left=refused.attempts_left,
+            return _code_page(form, pending, app_enrolled, REFUSALS[refused.reason].format(left=refused.attempts_left,
                                                                               s="s" if refused.attempts_left > 1 else ""),
                               401)
         amr, acr = proof
         start_session(session, pending.user, amr, acr)
         session.commit()
         return redirect(safe_next(pending.next_url, url_for("dashboard.apps")), code=303)
-    return _code_page(form, pending, None)
+    return _code_page(form, pending, app_enrolled, None)
 
 
 REFUSALS = {
@@ -194,7 +207,7 @@ REFUSALS = {
 @bp.post("/login/resend")
 @limiter.limit("5 per minute")
 def resend():
-    pending = _pending()
+    pending, _app_enrolled = _pending()
     if pending is None:
         return _restart("Votre demande de connexion a expiré. Veuillez vous authentifier à nouveau.")
     session = db.session
@@ -213,7 +226,7 @@ def resend():
 
 @bp.post("/login/cancel")
 def cancel():
-    pending = _pending()
+    pending, _app_enrolled = _pending()
     if pending is not None:
         pending.expires_at = now() - timedelta(seconds=1)
         db.session.commit()

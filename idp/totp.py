@@ -202,8 +202,13 @@ def _subject(text: str) -> str:
 # -- what the login step calls ------------------------------------------------------------
 
 
-_HAS_TOTP = sa.select(sa.exists().where(TotpCredential.user_id == sa.bindparam("user_id"),
-                                        TotpCredential.confirmed_at.is_not(None)))
+def app_enrolled(user_id: sa.ColumnElement[int]) -> sa.Exists:
+    """`has_totp` as an SQL expression, for the login steps to read it in the same round
+    trip as the row they load anyway."""
+    return sa.exists().where(TotpCredential.user_id == user_id, TotpCredential.confirmed_at.is_not(None))
+
+
+_HAS_TOTP = sa.select(app_enrolled(sa.bindparam("user_id")))
 
 
 def has_totp(session: Session, user: User) -> bool:

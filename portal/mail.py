@@ -48,6 +48,10 @@ log = logging.getLogger("enrs.mail")
 CLAIM_SECONDS = 120
 MAX_BACKOFF_SECONDS = 3600
 SMTP_TIMEOUT_SECONDS = 10
+# The delivery thread keeps its SMTP connection this long after its last message: a burst
+# of login codes (Monday morning) then costs one connection, not one each (connect, EHLO,
+# QUIT on both sides). Far below the 5 minutes a relay waits for a client (RFC 5321).
+SMTP_KEEP_SECONDS = 10
 
 
 class OutboxMessage(Base):
@@ -138,9 +142,10 @@ def _run_periodic(app: Flask) -> None:
         run_job(job)
 
 
-def _deliver_quietly(ids: list[int] | None, stopping: threading.Event | None = None) -> None:
+def _deliver_quietly(ids: list[int] | None, stopping: threading.Event | None = None,
+                     transport: Transport | None = None) -> None:
     try:
-        deliver(ids=ids, stopping=stopping)
+        deliver(ids=ids, stopping=stopping, transport=transport)
     except Exception:  # the outbox keeps them; never fail the user's committed action
         log.exception("immediate delivery failed; messages stay in the outbox")
 
@@ -178,6 +183,8 @@ class DeliveryThread:
         # Held while the thread handles an item; `stop()` waits for it.
         self.busy = threading.Lock()
         self.stopping = threading.Event()
+        # Made on the first message, kept open between messages (SMTP_KEEP_SECONDS).
+        self.transport: Transport | None = None
 
     def start(self) -> None:
         with self.lock:
@@ -195,12 +202,34 @@ class DeliveryThread:
         self.start()
         self.queue.put(job)
 
+    def _next(self) -> list[int] | Callable[[], object] | None:
+        """The next submitted item, or None when the queue stayed empty for
+        `sweep_seconds` (time for the sweep). Meanwhile, an SMTP connection left unused
+        for SMTP_KEEP_SECONDS is closed."""
+        quiet_since = time.monotonic()
+        while True:
+            waits = [self.sweep_seconds] if self.sweep_seconds is not None else []
+            if self.transport is not None and self.transport.is_open():
+                waits.append(SMTP_KEEP_SECONDS)
+            quiet = time.monotonic() - quiet_since
+            try:
+                return self.queue.get(timeout=max(0.0, min(waits) - quiet) if waits else None)
+            except queue.Empty:
+                pass
+            quiet = time.monotonic() - quiet_since
+            if quiet >= SMTP_KEEP_SECONDS:
+                with self.busy:
+                    self._close_transport()
+            if self.sweep_seconds is not None and quiet >= self.sweep_seconds:
+                return None
+
+    def _close_transport(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
     def _run(self) -> None:
         while True:
-            try:
-                ids = self.queue.get(timeout=self.sweep_seconds)
-            except queue.Empty:
-                ids = None
+            ids = self._next()
             try:
                 # Once stopping, nothing new is claimed: what is queued is committed work
                 # (outbox rows, logout notices) that `enrs worker` or another process sends.
@@ -211,7 +240,9 @@ class DeliveryThread:
                             if callable(ids):
                                 run_job(ids)
                             else:
-                                _deliver_quietly(ids, self.stopping)
+                                if self.transport is None:
+                                    self.transport = make_transport(current_settings().mail_url)
+                                _deliver_quietly(ids, self.stopping, self.transport)
                             if ids is None and not self.stopping.is_set():
                                 _run_periodic(self.app)
             finally:
@@ -228,7 +259,10 @@ class DeliveryThread:
             return False  # from one of its own jobs: the item in hand is the caller's
         if not self.busy.acquire(timeout=timeout):
             return False
-        self.busy.release()
+        try:
+            self._close_transport()  # QUIT: the relay sees a client leaving, not a lost one
+        finally:
+            self.busy.release()
         return True
 
     def drain(self, timeout: float | None = None) -> bool:
@@ -285,9 +319,11 @@ def backoff(attempts: int) -> timedelta:
 
 
 def deliver(ids: Iterable[int] | None = None, limit: int = 200,
-            stopping: threading.Event | None = None) -> DeliveryReport:
+            stopping: threading.Event | None = None, transport: Transport | None = None) -> DeliveryReport:
     """Deliver the given messages, or every message that is due; returns what happened.
-    Once `stopping` is set, the messages not yet claimed are left in the outbox."""
+    Once `stopping` is set, the messages not yet claimed are left in the outbox. With a
+    `transport`, its connection is the caller's to keep or close; without, one is made
+    for this call and closed at its end."""
     report = DeliveryReport()
     session = db.new_session()
     try:
@@ -304,7 +340,9 @@ def deliver(ids: Iterable[int] | None = None, limit: int = 200,
                 .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
                 .limit(limit)
             ).all()
-        transport = make_transport(current_settings().mail_url)
+        own_transport = transport is None
+        if transport is None:
+            transport = make_transport(current_settings().mail_url)
         try:
             for message_id in ids:
                 if stopping is not None and stopping.is_set():
@@ -323,31 +361,34 @@ def deliver(ids: Iterable[int] | None = None, limit: int = 200,
                     MAILS.labels("sent").inc()
                     _mark_sent(session, message)
         finally:
-            transport.close()
+            if own_transport:
+                transport.close()
     finally:
         session.close()
     return report
 
 
 def _claim(session: Session, message_id: int) -> OutboxMessage | None:
+    """The message, now claimed by this process, or None when another one holds it or it
+    was sent. The conditional UPDATE is the claim; RETURNING reads the row in the same
+    round trip."""
     current = now()
-    table = OutboxMessage.__table__
-    result = session.execute(
-        table.update()
-        .where(table.c.id == message_id)
+    message = session.scalars(
+        sa.update(OutboxMessage)
+        .where(OutboxMessage.id == message_id)
         .where(
             sa.or_(
-                table.c.status == "pending",
-                sa.and_(table.c.status == "sending", table.c.claimed_until < current),
+                OutboxMessage.status == "pending",
+                sa.and_(OutboxMessage.status == "sending", OutboxMessage.claimed_until < current),
             )
         )
         .values(status="sending", claimed_until=current + timedelta(seconds=CLAIM_SECONDS),
-                attempts=table.c.attempts + 1)
-    )
+                attempts=OutboxMessage.attempts + 1)
+        .returning(OutboxMessage),
+        execution_options={"synchronize_session": False, "populate_existing": True},
+    ).one_or_none()
     session.commit()
-    if result.rowcount != 1:
-        return None
-    return session.get(OutboxMessage, message_id, populate_existing=True)
+    return message
 
 
 # After the SMTP server accepted a message, recording it as sent is retried this long:
@@ -426,6 +467,9 @@ class FolderTransport:
     def close(self) -> None:
         pass
 
+    def is_open(self) -> bool:
+        return False
+
 
 @lru_cache(maxsize=1)
 def _tls_context() -> ssl.SSLContext:
@@ -433,8 +477,15 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
+# What a relay's closing of a kept connection looks like on the next message: nothing
+# was accepted on it (the failure comes at MAIL FROM, before any DATA), so that message
+# is sent again on a fresh connection at once rather than after a retry delay.
+_CLOSED_MEANWHILE = (smtplib.SMTPServerDisconnected, ConnectionResetError, BrokenPipeError)
+
+
 class SMTPTransport:
-    """One connection per delivery batch, opened on the first message."""
+    """A connection opened on the first message and kept until close(): one per delivery
+    batch, or kept between batches by the delivery thread."""
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -457,15 +508,35 @@ class SMTPTransport:
             connection.login(self.username, self.password or "")
         return connection
 
+    def is_open(self) -> bool:
+        return self._connection is not None
+
     def send(self, email: EmailMessage) -> None:
-        if self._connection is None:
-            self._connection = self._connect()
+        if self._connection is not None:
+            try:
+                self._connection.send_message(email)
+                return
+            except _CLOSED_MEANWHILE:
+                self._connection = None
+            except smtplib.SMTPResponseException as exc:
+                if exc.smtp_code != 421:  # 421: the relay is closing this connection
+                    raise
+                self._drop()
+        self._connection = self._connect()
         try:
             self._connection.send_message(email)
         except (smtplib.SMTPServerDisconnected, OSError):
             # A dropped connection fails this message; the next one reconnects.
             self._connection = None
             raise
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except OSError:
+                pass
+            self._connection = None
 
     def close(self) -> None:
         if self._connection is not None:
@@ -476,7 +547,10 @@ class SMTPTransport:
             self._connection = None
 
 
-def make_transport(url: str) -> FolderTransport | SMTPTransport:
+Transport = FolderTransport | SMTPTransport
+
+
+def make_transport(url: str) -> Transport:
     if url.startswith("file://"):
         return FolderTransport(Path(unquote(urlsplit(url).path)))
     return SMTPTransport(url)

@@ -90,12 +90,27 @@ class Mailbox:
 
     messages: list[EmailMessage] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The client's (address, port) of each message, and of each connection ended by QUIT.
+    peers: list[tuple[str, int]] = field(default_factory=list)
+    quits: list[tuple[str, int]] = field(default_factory=list)
+    quit_seen: threading.Condition = field(default_factory=threading.Condition)
 
     async def handle_DATA(self, server, session, envelope):  # aiosmtpd handler API
         message = message_from_bytes(envelope.content, policy=policy.default)
         with self.lock:
             self.messages.append(message)
+            self.peers.append(session.peer)
         return "250 Message accepted for delivery"
+
+    async def handle_QUIT(self, server, session, envelope):  # aiosmtpd handler API
+        with self.quit_seen:
+            self.quits.append(session.peer)
+            self.quit_seen.notify_all()
+        return "221 Bye"
+
+    def wait_for_quit(self, peer: tuple[str, int], timeout: float = 30) -> bool:
+        with self.quit_seen:
+            return self.quit_seen.wait_for(lambda: peer in self.quits, timeout)
 
     def to(self, address: str) -> list[EmailMessage]:
         with self.lock:
@@ -109,6 +124,7 @@ class Mailbox:
     def clear(self) -> None:
         with self.lock:
             self.messages.clear()
+            self.peers.clear()
 
 
 def body_text(message: EmailMessage) -> str:

@@ -478,3 +478,32 @@ def test_login_without_csrf_token_is_refused(portal, client, mailbox):
     response = client.post("/login", data={"username": "ndupont", "password": PASSWORD})
     assert response.status_code == 400 and "Session expirée" in response.get_data(as_text=True)
     assert mailbox.messages == []
+
+
+def test_a_login_by_emailed_code_costs_fifteen_database_statements(portal, client, mailbox):
+    """A Monday-morning login is mostly its hash; what remains is round trips to the
+    database, each costing CPU on both sides. The second-step pages read the pending
+    login, its user and whether an authenticator app is enrolled in one query; the code
+    is set before the pending login is first written; the outbox claims and reads its row
+    in one UPDATE … RETURNING. Adding a statement to this path should be a decision."""
+    from portal.db import db
+
+    def log_in() -> None:
+        post_password(client, "ndupont", PASSWORD)
+        assert portal.extensions["enrs.mail.thread"].drain(30)
+        assert post_code(client, code_from(mailbox)).status_code == 303
+        assert client.get("/apps").status_code == 200
+
+    log_in()  # a process's first requests fill its caches (CGU version, client list)
+    client.post("/logout", data={"csrf_token": csrf(client.get("/apps").get_data(as_text=True))})
+    statements: list[str] = []
+    with portal.app_context():
+        engine = db.engine
+    record = lambda _conn, _cursor, statement, *_args: statements.append(statement.split(None, 1)[0])  # noqa: E731
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        log_in()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    # SQLite's BEGIN is how its driver opens a transaction (psycopg's is not a statement).
+    assert len([s for s in statements if s != "BEGIN"]) == 15, statements

@@ -10,11 +10,14 @@ import sqlalchemy as sa
 from tests.conftest import body_text
 
 
-def _queue(app, recipient="nathalie.petit@esante-test.fr", text="Votre demande a été prise en compte."):
+def _queue(app, recipient="nathalie.petit@esante-test.fr", text="Votre demande a été prise en compte.",
+           by_a_request=False):
+    """Commit one message; `by_a_request`: as a view does, so the process's delivery thread
+    sends it (otherwise the committing code delivers it itself)."""
     from portal.db import db
     from portal.mail import queue_mail
 
-    with app.app_context():
+    with app.test_request_context("/") if by_a_request else app.app_context():
         queue_mail(db.session, recipient, "Nous étudions votre demande", "test_message", text=text)
         db.session.commit()
 
@@ -68,6 +71,59 @@ def test_no_mail_is_lost_when_smtp_is_down_then_delivered_later(app, smtp_server
     assert "Message pendant la panne" in body_text(mailbox.last())
     [row] = _outbox(app)
     assert row.status == "sent" and row.attempts == 2
+
+
+def test_a_burst_of_emails_goes_out_on_one_smtp_connection_closed_once_idle(app, mailbox, monkeypatch):
+    """Monday morning's login codes: the delivery thread keeps its connection to the relay
+    between messages (one connect, EHLO and QUIT for the burst, on both sides), and says
+    QUIT once nothing came for SMTP_KEEP_SECONDS."""
+    from portal import mail
+
+    monkeypatch.setattr(mail, "SMTP_KEEP_SECONDS", 0.5)
+    thread = app.extensions["enrs.mail.thread"]
+    for n in range(3):
+        _queue(app, recipient=f"pro{n}@esante-test.fr", text=f"Message {n}", by_a_request=True)
+        assert thread.drain(30)
+    assert len(mailbox.messages) == 3
+    [peer] = set(mailbox.peers)
+    assert peer not in mailbox.quits, "kept open between the messages"
+    assert mailbox.wait_for_quit(peer), "closed with QUIT once idle"
+    _queue(app, recipient="pro3@esante-test.fr", by_a_request=True)
+    assert thread.drain(30)
+    assert mailbox.peers[-1] != peer, "a new connection after the idle close"
+    assert [m.status for m in _outbox(app)] == ["sent"] * 4
+
+
+def test_a_kept_connection_the_relay_dropped_is_replaced_and_the_message_goes_at_once(app, smtp_server, mailbox):
+    """The relay restarted (or timed out our idle connection) between two messages: the
+    next one fails on the dead connection before any DATA, so it is sent on a fresh one
+    right away, not left for a retry minutes later (a login code would be too late)."""
+    thread = app.extensions["enrs.mail.thread"]
+    _queue(app, recipient="first@esante-test.fr", by_a_request=True)
+    assert thread.drain(30) and thread.transport.is_open()
+    smtp_server.stop()
+    smtp_server.start()
+    _queue(app, recipient="second@esante-test.fr", by_a_request=True)
+    assert thread.drain(30)
+    assert len(mailbox.to("second@esante-test.fr")) == 1
+    assert [(m.recipient, m.status, m.attempts) for m in _outbox(app)] == [
+        ("first@esante-test.fr", "sent", 1), ("second@esante-test.fr", "sent", 1)]
+
+
+def test_a_relay_closing_the_connection_with_421_gets_the_message_on_a_fresh_one(app, mailbox, monkeypatch):
+    from portal import mail
+
+    thread = app.extensions["enrs.mail.thread"]
+    _queue(app, recipient="first@esante-test.fr", by_a_request=True)
+    assert thread.drain(30)
+    kept = thread.transport._connection
+    monkeypatch.setattr(kept, "mail", lambda *a, **k: (_ for _ in ()).throw(
+        mail.smtplib.SMTPSenderRefused(421, b"4.3.2 Service shutting down", "x")))
+    _queue(app, recipient="second@esante-test.fr", by_a_request=True)
+    assert thread.drain(30)
+    assert thread.transport._connection is not kept
+    assert [(m.status, m.attempts) for m in _outbox(app)] == [("sent", 1), ("sent", 1)]
+    assert len(mailbox.to("second@esante-test.fr")) == 1
 
 
 def test_backoff_grows_and_is_capped():
@@ -256,6 +312,16 @@ def test_a_stopping_gunicorn_worker_lets_the_delivery_in_hand_finish_and_claims_
     with app.app_context():
         assert deliver().sent == 1  # `enrs worker`'s round
     assert len(mailbox.messages) == 1
+
+
+def test_a_stopping_worker_says_quit_to_the_relay(app, gunicorn_conf, mailbox):
+    _queue(app, by_a_request=True)
+    thread = app.extensions["enrs.mail.thread"]
+    assert thread.drain(30)
+    [peer] = mailbox.peers
+    worker = _StoppingWorker(app)
+    gunicorn_conf.worker_exit(worker, worker)
+    assert peer in mailbox.quits and not thread.transport.is_open() and worker.warnings == []
 
 
 def test_enrs_serve_prod_runs_gunicorn_with_every_setting_and_hook_of_its_config(gunicorn_conf):
