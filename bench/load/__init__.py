@@ -28,7 +28,8 @@ BENCH_LOAD_STAGE_ARRIVALS, 25), BENCH_LOAD_MAX_STAGES (10), BENCH_LOAD_LOGIN_ONL
 BENCH_LOAD_START and BENCH_LOAD_STEP (first rate and step, as fractions of the measured
 hash rate: 0.2 and 0.1), BENCH_LOAD_FIXED_SECONDS (60), BENCH_LOAD_P95_LIMIT_MS (500),
 BENCH_LOAD_P95_CEILING_MS (3000), BENCH_LOAD_WORKERS (4), BENCH_LOAD_THREADS (8),
-BENCH_LOAD_CALIBRATION (10 journeys one at a time), BENCH_LOAD_PYSPY (1: profile the workers
+BENCH_LOAD_CALIBRATION (10 journeys one at a time), BENCH_LOAD_REFINE (1 stage halfway between
+the last rate a ramp kept up with and the first it did not), BENCH_LOAD_PYSPY (1: profile the workers
 with py-spy during the fixed phase; BENCH_LOAD_PYSPY_RATE samples/s, 50).
 """
 from __future__ import annotations

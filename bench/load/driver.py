@@ -12,7 +12,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from bench.load.journey import HTTP_STEPS, Inbox, JourneyError, RelyingParty, journey
-from bench.load.processes import Served, cpu_seconds, machine_busy_seconds, pss_kib, rss_kib
+from bench.load.processes import Served, cpu_seconds, machine_busy_seconds, pss_kib, rss_kib, thread_cpu_seconds
 from bench.load.setup import Account
 
 
@@ -69,12 +69,17 @@ class Window:
             # ended during it is lost (gunicorn recycling a worker, a pooled connection closed).
             used = {name: sum(max(0.0, value - self.cpu_start[name].get(pid, 0.0))
                               for pid, value in self.cpu_end[name].items()) for name in self.cpu_start}
+            # The web processes' CPU split: their threads alive at the window's end (a
+            # thread started during it counts from zero), and the rest, Argon2's lanes.
+            threads = used.pop("portal_threads", 0.0)
             used["others"] = used.pop("machine") - sum(used.values())
+            used["portal_threads"], used["portal_hash_lanes"] = threads, max(0.0, used["portal"] - threads)
             cpu = {name: round(value / seconds, 2) for name, value in used.items()}
             if self.marks["journey"]:
                 # CPU seconds the window's work cost, per completed journey (load-independent).
                 per_journey = {name: round(used[name] / self.marks["journey"], 3)
-                               for name in ("portal", "worker", "postgres", "driver")}
+                               for name in ("portal", "portal_hash_lanes", "portal_threads", "worker", "postgres",
+                                            "driver") if name in used}
         steps = {step: summary_ms(self.samples.get(step, [])) for step in (*HTTP_STEPS, "mail")}
         every_request = [v for step in HTTP_STEPS for v in self.samples.get(step, [])]
         return {
@@ -144,8 +149,10 @@ class Driver:
             found = {pid: cpu_seconds(pid) for pid in pids}
             return {pid: value for pid, value in found.items() if value is not None}
 
+        web = [self.served.server.pid, *self.served.worker_pids()]
         return {"machine": {0: machine_busy_seconds()[0]},
-                "portal": of([self.served.server.pid, *self.served.worker_pids()]),
+                "portal": of(web),
+                "portal_threads": {tid: value for pid in web for tid, value in thread_cpu_seconds(pid).items()},
                 "worker": of([self.served.worker.pid]), "postgres": of(self.pg_pids()),
                 "driver": {0: time.process_time()}}
 

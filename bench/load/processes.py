@@ -64,6 +64,26 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """CPU time of each live thread of a process, by thread id. Threads that ended are
+    not there: in a web worker, those are Argon2's lane threads (libargon2 starts one per
+    lane for each slice of a hash), so the process's CPU minus its live threads' is the
+    hash's lanes, and the live threads' is the portal's own (requests, mail, gunicorn)."""
+    found = {}
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[int(task)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return found
+
+
 def machine_busy_seconds() -> tuple[float, float]:
     """(busy CPU seconds of all cores, wall seconds × cores) since boot, from /proc/stat."""
     with open("/proc/stat") as handle:

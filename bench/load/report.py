@@ -52,6 +52,16 @@ def render(result: dict) -> str:
             f"{_ms(window['all_requests'])} | {_ms(window['all_requests'], 'p99_ms')} | "
             f"{sum(window['errors'].values())} | {cpu.get('others', '–')} | {cpu.get('portal', '–')} |")
     fixed = next(w for w in result["windows"] if w["name"].startswith("fixed"))
+    lines += ["", "CPU per completed journey (ms): the web processes, split into Argon2's lane threads and "
+              "the portal's own threads (requests, mail, gunicorn); `enrs worker`, PostgreSQL, the driver:", "",
+              "| window | web | hash lanes | portal threads | worker | PostgreSQL | driver |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for window in result["windows"]:
+        per = window.get("cpu_seconds_per_journey") or {}
+        if per:
+            lines.append(f"| {window['name']} | " + " | ".join(
+                "–" if per.get(key) is None else f"{per[key] * 1000:.0f}"
+                for key in ("portal", "portal_hash_lanes", "portal_threads", "worker", "postgres", "driver")) + " |")
     lines += ["", f"Fixed phase ({fixed['offered_journeys_per_s']:.2f} journeys/s), per step (ms):", "",
               "| step | p50 | p95 | p99 | max |", "| --- | ---: | ---: | ---: | ---: |"]
     for step in (*HTTP_STEPS, "mail"):

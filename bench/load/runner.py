@@ -57,6 +57,9 @@ class Settings:
         self.threads = int(_setting("THREADS", "8"))  # enrs serve --prod's default
         self.pyspy = _setting("PYSPY", "") not in ("", "0")
         self.calibration = int(_setting("CALIBRATION", "10"))
+        # Once a ramp saturated, stages halfway between the last rate kept up with and
+        # the first that was not: the step (a tenth of H) is coarse near the knee.
+        self.refine = int(_setting("REFINE", "1"))
 
 
 class PgBackends:
@@ -177,23 +180,40 @@ def _line(window: Window) -> str:
 async def _ramp(driver: Driver, settings: Settings, name: str, sso: bool, first: float, step: float,
                 max_stages: int | None = None) -> Ramp:
     """Stages of rising rate until the portal is saturated (see _saturated); journeys in
-    flight then finish. A stage lasts long enough for BENCH_LOAD_STAGE_ARRIVALS arrivals."""
+    flight then finish. A stage lasts long enough for BENCH_LOAD_STAGE_ARRIVALS arrivals.
+    Then BENCH_LOAD_REFINE stages bisect between the last rate kept up with and the first
+    that was not, each after the backlog of the one before has drained."""
     max_stages = max_stages or settings.max_stages
     ramp = Ramp(settings.p95_limit, stop_reason=f"{max_stages} stages passed")
-    for index in range(max_stages):
-        rate = first + step * index
+
+    async def stage(label: str, rate: float) -> str | None:
         seconds = max(settings.stage_seconds, min(settings.stage_arrivals / rate, 2 * settings.stage_seconds))
-        window = await driver.offer(Window(f"{name} {index + 1}", rate, sso), seconds)
+        window = await driver.offer(Window(label, rate, sso), seconds)
         ramp.stages.append(window)
         reason = _saturated(window, settings.p95_ceiling)
         p95 = _p95_password(window)
         _say(_line(window) + (f" → stop ({reason})" if reason else ""))
-        if not reason and p95 is not None and p95 <= settings.p95_limit * 1000:
+        if not reason and p95 is not None and p95 <= settings.p95_limit * 1000 \
+                and (ramp.knee is None or rate > ramp.knee.offered_per_s):
             ramp.knee = window
+        if not reason and (ramp.sustained is None or rate > ramp.sustained.offered_per_s):
+            ramp.sustained = window
+        return reason
+
+    failed_at = None
+    for index in range(max_stages):
+        rate = first + step * index
+        reason = await stage(f"{name} {index + 1}", rate)
         if reason:
-            ramp.stop_reason = f"{window.name}: {reason}"
+            ramp.stop_reason = f"{name} {index + 1}: {reason}"
+            failed_at = rate
             break
-        ramp.sustained = window
+    for refinement in range(settings.refine if failed_at is not None and ramp.sustained is not None else 0):
+        await driver.drain()
+        await asyncio.sleep(3)
+        rate = (ramp.sustained.offered_per_s + failed_at) / 2
+        if await stage(f"{name} bisect {refinement + 1}", rate):
+            failed_at = rate
     await driver.drain()
     await asyncio.sleep(3)
     return ramp
