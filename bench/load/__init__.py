@@ -13,8 +13,10 @@ sends the application a back-channel logout token).
 Phases: (0) a few journeys one at a time: latency without queueing and the CPU each step
 costs; (1) the whole journey at a rising rate, stage after stage, until the portal stops
 keeping up (an error, journeys in flight piling up, or the password step's p95 beyond
-3 s) — the last stage it kept up with is the sustained rate, and the last stage whose
-password step kept p95 under 500 ms is reported too; (2) the whole journey at 70 % of
+3 s), then one stage halfway between the last rate it kept up with and the first it did
+not — of the stages it kept up with, the one that served the most logins gives the
+sustained rate, and the highest stage whose password step kept p95 under 500 ms is
+reported too; (2) the whole journey at 70 % of
 the sustained rate; (3) the login alone (to the dashboard) at a rising rate, from one step above the whole
 journey's sustained rate. The Argon2id
 hash rate of the machine (one process per core, together) is measured in the same run,

@@ -142,8 +142,8 @@ def server_side(log_path: Path, windows: list[Window]) -> dict[str, dict]:
 @dataclass
 class Ramp:
     """Stages of rising arrival rate. `knee`: the highest-rate stage whose password step
-    kept its p95 under the limit (500 ms); `sustained`: the last stage the portal kept up
-    with (no error, journeys in flight not piling up)."""
+    kept its p95 under the limit (500 ms); `sustained`: of the stages the portal kept up with
+    (no error, journeys in flight not piling up), the one that served the most logins."""
 
     limit: float
     stages: list[Window] = field(default_factory=list)
@@ -196,11 +196,14 @@ async def _ramp(driver: Driver, settings: Settings, name: str, sso: bool, first:
         if not reason and p95 is not None and p95 <= settings.p95_limit * 1000 \
                 and (ramp.knee is None or rate > ramp.knee.offered_per_s):
             ramp.knee = window
-        if not reason and (ramp.sustained is None or rate > ramp.sustained.offered_per_s):
+        # The stage kept up with that served the most logins: a bisecting stage may keep
+        # up at a higher offered rate yet serve fewer (random arrivals, the window's edges).
+        if not reason and (ramp.sustained is None
+                           or window.report()["full_logins_per_s"] > ramp.sustained.report()["full_logins_per_s"]):
             ramp.sustained = window
         return reason
 
-    failed_at = None
+    kept_up_at = failed_at = None  # offered rates
     for index in range(max_stages):
         rate = first + step * index
         reason = await stage(f"{name} {index + 1}", rate)
@@ -208,12 +211,15 @@ async def _ramp(driver: Driver, settings: Settings, name: str, sso: bool, first:
             ramp.stop_reason = f"{name} {index + 1}: {reason}"
             failed_at = rate
             break
-    for refinement in range(settings.refine if failed_at is not None and ramp.sustained is not None else 0):
+        kept_up_at = rate
+    for refinement in range(settings.refine if failed_at is not None and kept_up_at is not None else 0):
         await driver.drain()
         await asyncio.sleep(3)
-        rate = (ramp.sustained.offered_per_s + failed_at) / 2
+        rate = (kept_up_at + failed_at) / 2
         if await stage(f"{name} bisect {refinement + 1}", rate):
             failed_at = rate
+        else:
+            kept_up_at = rate
     await driver.drain()
     await asyncio.sleep(3)
     return ramp
