@@ -85,6 +85,8 @@ def test_each_request_logs_one_json_line_without_secrets(portal, mailbox, caplog
     assert line["request_id"] == "proxy-abc-123456" and line["route"] == "login.login" and line["status"] == 200
     assert line["path"] == "/login" and "123456" not in json.dumps({k: v for k, v in line.items() if k != "request_id"})
     assert isinstance(line["duration_ms"], float)
+    # The CPU this request's thread used: what it cost beyond waiting, never more than its duration.
+    assert isinstance(line["cpu_ms"], float) and 0 <= line["cpu_ms"] <= line["duration_ms"] + 0.1
     odd = client.get("/healthz", headers={"X-Request-ID": "bad id <script>"})
     assert odd.headers["X-Request-ID"] != "bad id <script>" and len(odd.headers["X-Request-ID"]) == 32
 
