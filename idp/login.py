@@ -141,16 +141,16 @@ def _restart(message: str):
     return redirect(url_for("login.login"), code=303)
 
 
-def _second_factor(session, pending: PendingLogin, enrolled: bool, answer: str) -> tuple[list[str], str] | None:
+def _second_factor(session, pending: PendingLogin, app_enrolled: bool, answer: str) -> tuple[list[str], str] | None:
     """(amr, acr) of the second factor the answer proves, or None. Tried in turn: the
-    authenticator app (when `enrolled`), the emailed code, a recovery code."""
+    authenticator app (when `app_enrolled`), the emailed code, a recovery code."""
     user = pending.user
     digits = "".join(ch for ch in answer if ch.isdigit())
-    if enrolled and len(digits) == 6 and digits == answer.replace(" ", "") and totp.verify_totp(session, user, digits):
+    if app_enrolled and len(digits) == 6 and digits == answer.replace(" ", "") and totp.verify_totp(session, user, digits):
         return AMR_TOTP, ACR_TOTP
     if codes.email_code_matches(pending, digits):
         return AMR_EMAIL_CODE, ACR_EMAIL_CODE
-    if enrolled and totp.verify_recovery_code(session, user, answer):
+    if app_enrolled and totp.verify_recovery_code(session, user, answer):
         return AMR_RECOVERY_CODE, ACR_TOTP
     return None
 

@@ -52,6 +52,7 @@ SMTP_TIMEOUT_SECONDS = 10
 # of login codes (Monday morning) then costs one connection, not one each (connect, EHLO,
 # QUIT on both sides). Far below the 5 minutes a relay waits for a client (RFC 5321).
 SMTP_KEEP_SECONDS = 10
+SMTP_QUIT_TIMEOUT_SECONDS = 1
 
 
 class OutboxMessage(Base):
@@ -183,8 +184,10 @@ class DeliveryThread:
         # Held while the thread handles an item; `stop()` waits for it.
         self.busy = threading.Lock()
         self.stopping = threading.Event()
-        # Made on the first message, kept open between messages (SMTP_KEEP_SECONDS).
+        # Made on the first message, kept open between messages (SMTP_KEEP_SECONDS after
+        # the last one, on the monotonic clock).
         self.transport: Transport | None = None
+        self.transport_used_at = 0.0
 
     def start(self) -> None:
         with self.lock:
@@ -208,28 +211,34 @@ class DeliveryThread:
         for SMTP_KEEP_SECONDS is closed."""
         quiet_since = time.monotonic()
         while True:
-            waits = [self.sweep_seconds] if self.sweep_seconds is not None else []
-            if self.transport is not None and self.transport.is_open():
-                waits.append(SMTP_KEEP_SECONDS)
-            quiet = time.monotonic() - quiet_since
+            current = time.monotonic()
+            waits = [] if self.sweep_seconds is None else [quiet_since + self.sweep_seconds - current]
+            if self._transport_open():
+                waits.append(self.transport_used_at + SMTP_KEEP_SECONDS - current)
             try:
-                return self.queue.get(timeout=max(0.0, min(waits) - quiet) if waits else None)
+                return self.queue.get(timeout=max(0.0, min(waits)) if waits else None)
             except queue.Empty:
                 pass
-            quiet = time.monotonic() - quiet_since
-            if quiet >= SMTP_KEEP_SECONDS:
+            current = time.monotonic()
+            if self._transport_open() and current - self.transport_used_at >= SMTP_KEEP_SECONDS:
                 with self.busy:
                     self._close_transport()
-            if self.sweep_seconds is not None and quiet >= self.sweep_seconds:
+            if self.sweep_seconds is not None and current - quiet_since >= self.sweep_seconds:
                 return None
 
+    def _transport_open(self) -> bool:
+        return self.transport is not None and self.transport.is_open()
+
     def _close_transport(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+        try:
+            if self.transport is not None:
+                self.transport.close()
+        except Exception:  # the thread must outlive a relay's oddity
+            log.exception("closing the SMTP connection failed")
 
     def _run(self) -> None:
         while True:
-            ids = self._next()
+            item = self._next()  # outbox ids, a job, or None: the sweep
             try:
                 # Once stopping, nothing new is claimed: what is queued is committed work
                 # (outbox rows, logout notices) that `enrs worker` or another process sends.
@@ -237,16 +246,17 @@ class DeliveryThread:
                 with self.busy:
                     if not self.stopping.is_set():
                         with self.app.app_context():
-                            if callable(ids):
-                                run_job(ids)
+                            if callable(item):
+                                run_job(item)
                             else:
                                 if self.transport is None:
                                     self.transport = make_transport(current_settings().mail_url)
-                                _deliver_quietly(ids, self.stopping, self.transport)
-                            if ids is None and not self.stopping.is_set():
+                                _deliver_quietly(item, self.stopping, self.transport)
+                                self.transport_used_at = time.monotonic()
+                            if item is None and not self.stopping.is_set():
                                 _run_periodic(self.app)
             finally:
-                if ids is not None:
+                if item is not None:
                     self.queue.task_done()
 
     def stop(self, timeout: float) -> bool:
@@ -477,12 +487,6 @@ def _tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-# What a relay's closing of a kept connection looks like on the next message: nothing
-# was accepted on it (the failure comes at MAIL FROM, before any DATA), so that message
-# is sent again on a fresh connection at once rather than after a retry delay.
-_CLOSED_MEANWHILE = (smtplib.SMTPServerDisconnected, ConnectionResetError, BrokenPipeError)
-
-
 class SMTPTransport:
     """A connection opened on the first message and kept until close(): one per delivery
     batch, or kept between batches by the delivery thread."""
@@ -509,42 +513,50 @@ class SMTPTransport:
         return connection
 
     def is_open(self) -> bool:
-        return self._connection is not None
+        return self._connection is not None and self._connection.sock is not None
 
     def send(self, email: EmailMessage) -> None:
-        if self._connection is not None:
-            try:
-                self._connection.send_message(email)
-                return
-            except _CLOSED_MEANWHILE:
-                self._connection = None
-            except smtplib.SMTPResponseException as exc:
-                if exc.smtp_code != 421:  # 421: the relay is closing this connection
-                    raise
-                self._drop()
-        self._connection = self._connect()
+        if self._connection is not None and not self._still_there(self._connection):
+            self.close(say_quit=False)
+        if self._connection is None:
+            self._connection = self._connect()
         try:
             self._connection.send_message(email)
-        except (smtplib.SMTPServerDisconnected, OSError):
-            # A dropped connection fails this message; the next one reconnects.
-            self._connection = None
+        except Exception:
+            # Whatever state the session is in (a refused recipient, an error at DATA, no
+            # answer after the final dot), the next message starts on a new connection.
+            # This one is not sent again here: the relay may have accepted it.
+            self.close(say_quit=False)
             raise
 
-    def _drop(self) -> None:
-        if self._connection is not None:
-            try:
-                self._connection.close()
-            except OSError:
-                pass
-            self._connection = None
+    @staticmethod
+    def _still_there(connection: smtplib.SMTP) -> bool:
+        """Whether a kept connection still answers. A relay that closed it meanwhile (its
+        idle timeout, a restart, 421 when shutting down) fails this NOOP, before any
+        message went out on it: the message then goes on a new connection at once. A relay
+        that does not answer at all is not reconnected to: the timeout is raised."""
+        try:
+            code, _reply = connection.noop()
+        except smtplib.SMTPServerDisconnected as exc:
+            if isinstance(exc.__context__, TimeoutError):
+                raise
+            return False
+        except OSError:
+            return False
+        return code == 250
 
-    def close(self) -> None:
-        if self._connection is not None:
-            try:
-                self._connection.quit()
-            except (smtplib.SMTPException, OSError):
-                pass
-            self._connection = None
+    def close(self, say_quit: bool = True) -> None:
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        try:
+            if say_quit and connection.sock is not None:
+                connection.sock.settimeout(SMTP_QUIT_TIMEOUT_SECONDS)  # a stopping worker waits little
+                connection.quit()
+            else:
+                connection.close()
+        except (smtplib.SMTPException, OSError):
+            connection.close()
 
 
 Transport = FolderTransport | SMTPTransport

@@ -2,6 +2,7 @@
 SMTP server on loopback, and an injectable clock."""
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -94,13 +95,22 @@ class Mailbox:
     peers: list[tuple[str, int]] = field(default_factory=list)
     quits: list[tuple[str, int]] = field(default_factory=list)
     quit_seen: threading.Condition = field(default_factory=threading.Condition)
+    # A relay's moods, for the tests that need them: its answer to NOOP ("421 …" when it
+    # is shutting down), and how long it takes to answer the message's final dot.
+    noop_reply: str = "250 OK"
+    data_reply_delay: float = 0.0
 
     async def handle_DATA(self, server, session, envelope):  # aiosmtpd handler API
         message = message_from_bytes(envelope.content, policy=policy.default)
         with self.lock:
             self.messages.append(message)
             self.peers.append(session.peer)
+        if self.data_reply_delay:
+            await asyncio.sleep(self.data_reply_delay)
         return "250 Message accepted for delivery"
+
+    async def handle_NOOP(self, server, session, envelope, arg):  # aiosmtpd handler API
+        return self.noop_reply
 
     async def handle_QUIT(self, server, session, envelope):  # aiosmtpd handler API
         with self.quit_seen:
@@ -125,6 +135,9 @@ class Mailbox:
         with self.lock:
             self.messages.clear()
             self.peers.clear()
+        with self.quit_seen:
+            self.quits.clear()
+        self.noop_reply, self.data_reply_delay = "250 OK", 0.0
 
 
 def body_text(message: EmailMessage) -> str:

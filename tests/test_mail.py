@@ -79,7 +79,7 @@ def test_a_burst_of_emails_goes_out_on_one_smtp_connection_closed_once_idle(app,
     QUIT once nothing came for SMTP_KEEP_SECONDS."""
     from portal import mail
 
-    monkeypatch.setattr(mail, "SMTP_KEEP_SECONDS", 0.5)
+    monkeypatch.setattr(mail, "SMTP_KEEP_SECONDS", 2)
     thread = app.extensions["enrs.mail.thread"]
     for n in range(3):
         _queue(app, recipient=f"pro{n}@esante-test.fr", text=f"Message {n}", by_a_request=True)
@@ -96,34 +96,50 @@ def test_a_burst_of_emails_goes_out_on_one_smtp_connection_closed_once_idle(app,
 
 def test_a_kept_connection_the_relay_dropped_is_replaced_and_the_message_goes_at_once(app, smtp_server, mailbox):
     """The relay restarted (or timed out our idle connection) between two messages: the
-    next one fails on the dead connection before any DATA, so it is sent on a fresh one
-    right away, not left for a retry minutes later (a login code would be too late)."""
+    NOOP that checks a kept connection fails, before any message went out on it, so the
+    next one goes on a new connection right away, not minutes later (a login code would
+    be too late)."""
     thread = app.extensions["enrs.mail.thread"]
     _queue(app, recipient="first@esante-test.fr", by_a_request=True)
     assert thread.drain(30) and thread.transport.is_open()
+    [first_peer] = mailbox.peers
     smtp_server.stop()
     smtp_server.start()
     _queue(app, recipient="second@esante-test.fr", by_a_request=True)
     assert thread.drain(30)
-    assert len(mailbox.to("second@esante-test.fr")) == 1
+    assert len(mailbox.to("second@esante-test.fr")) == 1 and mailbox.peers[-1] != first_peer
     assert [(m.recipient, m.status, m.attempts) for m in _outbox(app)] == [
         ("first@esante-test.fr", "sent", 1), ("second@esante-test.fr", "sent", 1)]
 
 
-def test_a_relay_closing_the_connection_with_421_gets_the_message_on_a_fresh_one(app, mailbox, monkeypatch):
-    from portal import mail
-
+def test_a_relay_shutting_down_with_421_gets_the_message_on_a_new_connection(app, mailbox):
     thread = app.extensions["enrs.mail.thread"]
     _queue(app, recipient="first@esante-test.fr", by_a_request=True)
     assert thread.drain(30)
-    kept = thread.transport._connection
-    monkeypatch.setattr(kept, "mail", lambda *a, **k: (_ for _ in ()).throw(
-        mail.smtplib.SMTPSenderRefused(421, b"4.3.2 Service shutting down", "x")))
+    mailbox.noop_reply = "421 4.3.2 Service shutting down"
     _queue(app, recipient="second@esante-test.fr", by_a_request=True)
     assert thread.drain(30)
-    assert thread.transport._connection is not kept
     assert [(m.status, m.attempts) for m in _outbox(app)] == [("sent", 1), ("sent", 1)]
-    assert len(mailbox.to("second@esante-test.fr")) == 1
+    assert len(mailbox.to("second@esante-test.fr")) == 1 and len(set(mailbox.peers)) == 2
+
+
+def test_a_message_the_relay_may_have_accepted_is_not_sent_again_at_once(app, mailbox, monkeypatch):
+    """No answer after the final dot: the relay may have taken the message. It is not
+    resent on a new connection there and then (a second copy for sure if it had), but
+    retried after the usual delay, with the same Message-ID; the next message starts on a
+    new connection."""
+    from portal import mail
+
+    monkeypatch.setattr(mail, "SMTP_TIMEOUT_SECONDS", 0.3)
+    thread = app.extensions["enrs.mail.thread"]
+    _queue(app, recipient="first@esante-test.fr", by_a_request=True)
+    assert thread.drain(30) and thread.transport.is_open()
+    mailbox.data_reply_delay = 1.0
+    _queue(app, recipient="slow@esante-test.fr", by_a_request=True)
+    assert thread.drain(30)
+    first, slow = _outbox(app)
+    assert (slow.status, slow.attempts) == ("pending", 1) and "timed out" in slow.last_error
+    assert len(mailbox.to("slow@esante-test.fr")) == 1 and not thread.transport.is_open()
 
 
 def test_backoff_grows_and_is_capped():

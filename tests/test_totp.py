@@ -494,6 +494,27 @@ def test_user_with_an_authenticator_app_logs_in_with_it_and_no_mail_is_sent(port
     assert session_amr(portal)[-1] == ["pwd", "otp", "mfa"]
 
 
+def test_a_colleague_without_an_app_still_gets_the_code_by_mail(portal, user_client, mailbox, clock):
+    """Whether an app is enrolled is read with the account (one query): it must be this
+    account's app, not anyone's."""
+    from onboarding.accounts import create_professional
+    from portal.db import db
+
+    enrol(user_client, clock)
+    with portal.app_context():
+        create_professional(db.session, email="paul.martin@esante-test.fr", password=PASSWORD, first_name="Paul",
+                            last_name="Martin", profession="10", finess=None)
+        db.session.commit()
+    mailbox.clear()
+    client = portal.test_client()
+    page = client.get("/login").get_data(as_text=True)
+    response = client.post("/login", data={"csrf_token": csrf(page), "username": "paul.martin@esante-test.fr",
+                                           "password": PASSWORD})
+    assert response.status_code == 303 and len(mailbox.to("paul.martin@esante-test.fr")) == 1
+    page = unescape(client.get("/login/code").get_data(as_text=True))
+    assert "Code affiché par votre application d'authentification" not in page
+
+
 def test_an_app_code_is_not_accepted_twice_at_login(portal, user_client, clock):
     secret, _ = enrol(user_client, clock)
     clock.advance(seconds=60)

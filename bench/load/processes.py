@@ -68,7 +68,9 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     """CPU time of each live thread of a process, by thread id. Threads that ended are
     not there: in a web worker, those are Argon2's lane threads (libargon2 starts one per
     lane for each slice of a hash), so the process's CPU minus its live threads' is the
-    hash's lanes, and the live threads' is the portal's own (requests, mail, gunicorn)."""
+    hash's lanes, and the live threads' is the portal's own (requests, mail, gunicorn).
+    Lanes still running when it is read count as the portal's: a bias of at most the
+    slice in progress, a few milliseconds per window."""
     found = {}
     try:
         tasks = os.listdir(f"/proc/{pid}/task")

@@ -185,6 +185,11 @@ async def _ramp(driver: Driver, settings: Settings, name: str, sso: bool, first:
     that was not, each after the backlog of the one before has drained."""
     max_stages = max_stages or settings.max_stages
     ramp = Ramp(settings.p95_limit, stop_reason=f"{max_stages} stages passed")
+    served = {}  # full logins per second, per stage kept up with
+
+    async def settle() -> None:  # journeys in flight finish, the backlog drains
+        await driver.drain()
+        await asyncio.sleep(3)
 
     async def stage(label: str, rate: float) -> str | None:
         seconds = max(settings.stage_seconds, min(settings.stage_arrivals / rate, 2 * settings.stage_seconds))
@@ -198,9 +203,10 @@ async def _ramp(driver: Driver, settings: Settings, name: str, sso: bool, first:
             ramp.knee = window
         # The stage kept up with that served the most logins: a bisecting stage may keep
         # up at a higher offered rate yet serve fewer (random arrivals, the window's edges).
-        if not reason and (ramp.sustained is None
-                           or window.report()["full_logins_per_s"] > ramp.sustained.report()["full_logins_per_s"]):
-            ramp.sustained = window
+        if not reason:
+            served[label] = window.report()["full_logins_per_s"]
+            if ramp.sustained is None or served[label] > served[ramp.sustained.name]:
+                ramp.sustained = window
         return reason
 
     kept_up_at = failed_at = None  # offered rates
@@ -213,15 +219,13 @@ async def _ramp(driver: Driver, settings: Settings, name: str, sso: bool, first:
             break
         kept_up_at = rate
     for refinement in range(settings.refine if failed_at is not None and kept_up_at is not None else 0):
-        await driver.drain()
-        await asyncio.sleep(3)
+        await settle()
         rate = (kept_up_at + failed_at) / 2
         if await stage(f"{name} bisect {refinement + 1}", rate):
             failed_at = rate
         else:
             kept_up_at = rate
-    await driver.drain()
-    await asyncio.sleep(3)
+    await settle()
     return ramp
 
 
