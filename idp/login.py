@@ -187,9 +187,9 @@ def code():
             if refused.reason == "used":
                 return _restart("Ce code a déjà été utilisé. Veuillez vous authentifier à nouveau.")
             form.code.data = ""
-            return _code_page(form, pending, app_enrolled, REFUSALS[refused.reason].format(left=refused.attempts_left,
-                                                                              s="s" if refused.attempts_left > 1 else ""),
-                              401)
+            message = REFUSALS[refused.reason].format(left=refused.attempts_left,
+                                                      s="s" if refused.attempts_left > 1 else "")
+            return _code_page(form, pending, app_enrolled, message, 401)
         amr, acr = proof
         start_session(session, pending.user, amr, acr)
         session.commit()
