@@ -54,14 +54,19 @@ def pss_kib(pid: int) -> int | None:
     return None
 
 
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (all its threads)."""
+def _stat_cpu_seconds(path: str) -> float | None:
+    """User + system CPU time from a /proc stat file (a process's or one thread's)."""
     try:
-        with open(f"/proc/{pid}/stat") as handle:
+        with open(path) as handle:
             fields = handle.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (all its threads)."""
+    return _stat_cpu_seconds(f"/proc/{pid}/stat")
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:
@@ -71,19 +76,12 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     hash's lanes, and the live threads' is the portal's own (requests, mail, gunicorn).
     Lanes still running when it is read count as the portal's: a bias of at most the
     slice in progress, a few milliseconds per window."""
-    found = {}
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return found
-    for task in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{task}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        found[int(task)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return found
+        return {}
+    found = {int(task): _stat_cpu_seconds(f"/proc/{pid}/task/{task}/stat") for task in tasks}
+    return {tid: value for tid, value in found.items() if value is not None}
 
 
 def machine_busy_seconds() -> tuple[float, float]:
