@@ -11,16 +11,16 @@ from functools import lru_cache
 from importlib import resources
 
 import sqlalchemy as sa
-from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from flask_wtf import FlaskForm
 from sqlalchemy.orm import Session
 from unidecode import unidecode
 from wtforms import PasswordField
 
+from idp.argon2id import Argon2idHasher
 from idp.models import PasswordHistory, User, new_security_stamp
 from portal.clock import now
-from portal.config import ARGON2_MEMORY_KIB, ARGON2_PARALLELISM, ARGON2_TIME_COST
+from portal.config import ARGON2_MEMORY_KIB, ARGON2_PARALLELISM, ARGON2_THREADS, ARGON2_TIME_COST
 
 # Argon2id with 32 MiB, 8 passes and 4 lanes by default (ENRS_ARGON2_MEMORY_KIB,
 # ENRS_ARGON2_TIME_COST, ENRS_ARGON2_PARALLELISM). Against RFC 9106's "low memory" profile
@@ -29,8 +29,10 @@ from portal.config import ARGON2_MEMORY_KIB, ARGON2_PARALLELISM, ARGON2_TIME_COS
 # but holds half the memory: a worker verifying a password stays under 150 MB, and a GPU
 # runs about 1.5 times as many guesses per second. Still far above OWASP's floor (19 MiB,
 # 2 passes, 1 lane). Hashes made with other parameters verify, and are rehashed with
-# these at the next successful login.
-HASHER = PasswordHasher(time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_KIB, parallelism=ARGON2_PARALLELISM)
+# these at the next successful login. The 4 lanes are computed by the request's own thread
+# (ENRS_ARGON2_THREADS, default 1; why: idp/argon2id.py).
+HASHER = Argon2idHasher(time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_KIB, parallelism=ARGON2_PARALLELISM,
+                        threads=ARGON2_THREADS)
 
 # Each hash holds its memory while it runs, and a verification keeps a core busy for
 # ~0.15 s. With several threads per process, a Monday-morning burst would run as many
@@ -46,14 +48,15 @@ def limit_concurrent_hashes(count: int) -> None:
     _hash_slots = threading.BoundedSemaphore(count)
 
 
-def use_hash_parameters(time_cost: int, memory_kib: int, parallelism: int) -> None:
-    """The parameters new hashes are made with (and the dummy one, whose cost must match)."""
+def use_hash_parameters(time_cost: int, memory_kib: int, parallelism: int, threads: int = ARGON2_THREADS) -> None:
+    """The parameters new hashes are made with (and the dummy one, whose cost must match),
+    and the threads that compute a hash's lanes."""
     global HASHER
-    if _parameters(HASHER) != (time_cost, memory_kib, parallelism):
-        HASHER = PasswordHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism)
+    if _parameters(HASHER) != (time_cost, memory_kib, parallelism) or HASHER.threads != threads:
+        HASHER = Argon2idHasher(time_cost=time_cost, memory_cost=memory_kib, parallelism=parallelism, threads=threads)
 
 
-def _parameters(hasher: PasswordHasher) -> tuple[int, int, int]:
+def _parameters(hasher: Argon2idHasher) -> tuple[int, int, int]:
     return hasher.time_cost, hasher.memory_cost, hasher.parallelism
 
 

@@ -68,7 +68,8 @@ def create_app(env: Mapping[str, str] | None = None, *, clock: Clock | None = No
     from idp import passwords
 
     passwords.limit_concurrent_hashes(settings.password_hash_concurrency)
-    passwords.use_hash_parameters(settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism)
+    passwords.use_hash_parameters(settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism,
+                                  settings.argon2_threads)
     passwords.prepare_dummy_hash()
     if clock is not None:
         app.extensions["enrs.clock"] = clock

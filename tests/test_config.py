@@ -57,6 +57,7 @@ def test_development_generates_and_keeps_a_secret_key(tmp_path):
     ({"ENRS_ARGON2_MEMORY_KIB": "8192"}, "ENRS_ARGON2_MEMORY_KIB"),
     ({"ENRS_ARGON2_TIME_COST": "1"}, "ENRS_ARGON2_TIME_COST"),
     ({"ENRS_ARGON2_PARALLELISM": "0"}, "ENRS_ARGON2_PARALLELISM"),
+    ({"ENRS_ARGON2_THREADS": "0"}, "ENRS_ARGON2_THREADS"),
 ])
 def test_a_wrong_value_is_refused_with_one_line_naming_the_variable(change, variable):
     with pytest.raises(ConfigError) as info:

@@ -2,11 +2,13 @@
 processes (one per core) start together and count for the same seconds; the sum is the
 machine's rate, what a login's password check is bounded by.
 
-    python -m bench.load.argon2_rate START_AT SECONDS   (one process: prints its rate)
+    python -m bench.load.argon2_rate START_AT SECONDS [portal]   (one process: prints its rate)
 
-By default the processes hash as any program using argon2-cffi does. With
+By default the processes hash as any program using argon2-cffi does: the bare rate H. With
 huge_pages=True they run with the glibc tunable `enrs serve --prod` gives the portal's
-workers (portal/huge_pages.py): the two rates side by side show what it is worth.
+workers (portal/huge_pages.py); with portal_hasher=True they hash as the portal does, each
+hash's lanes computed by the calling thread (idp/argon2id.py). With both, the rate is the
+workers' own: beside the bare one, it shows how much a login costs besides its hash.
 """
 from __future__ import annotations
 
@@ -19,13 +21,16 @@ from bench.load.setup import REPO
 from portal.huge_pages import TUNABLE
 
 
-def machine_rate(processes: int, seconds: float = 5.0, huge_pages: bool = False) -> dict[str, object]:
+def machine_rate(processes: int, seconds: float = 5.0, huge_pages: bool = False,
+                 portal_hasher: bool = False) -> dict[str, object]:
     start_at = time.time() + 3.0  # every process has imported argon2 and hashed once by then
     env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     if huge_pages:
         env["GLIBC_TUNABLES"] = f"{TUNABLE}=1"
-    children = [subprocess.Popen([sys.executable, "-m", "bench.load.argon2_rate", str(start_at), str(seconds)],
-                                 cwd=REPO, env=env, stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    command = [sys.executable, "-m", "bench.load.argon2_rate", str(start_at), str(seconds),
+               *(["portal"] if portal_hasher else [])]
+    children = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+                for _ in range(processes)]
     rates, cpu = [], []
     for child in children:
         output, _ = child.communicate(timeout=seconds + 60)
@@ -40,16 +45,16 @@ def machine_rate(processes: int, seconds: float = 5.0, huge_pages: bool = False)
             "cpu_seconds_per_hash": round(sum(cpu) / len(cpu), 4)}
 
 
-def _one(start_at: float, seconds: float) -> tuple[float, float]:
+def _one(start_at: float, seconds: float, as_portal: bool) -> tuple[float, float]:
     from bench.login import hash_rate
 
-    hash_rate(0.01)  # imports and a first hash outside the window
+    hash_rate(0.01, as_portal)  # imports and a first hash outside the window
     time.sleep(max(0.0, start_at - time.time()))
     cpu_started, wall_started = time.process_time(), time.perf_counter()
-    rate = hash_rate(seconds)
+    rate = hash_rate(seconds, as_portal)
     hashes = rate * (time.perf_counter() - wall_started)
     return rate, (time.process_time() - cpu_started) / max(hashes, 1)
 
 
 if __name__ == "__main__":
-    print(*_one(float(sys.argv[1]), float(sys.argv[2])))
+    print(*_one(float(sys.argv[1]), float(sys.argv[2]), sys.argv[3:] == ["portal"]))
