@@ -23,14 +23,20 @@ import binascii
 import hmac
 import os
 import re
+from typing import Any
 
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import HashingError, VerificationError, VerifyMismatchError
 from argon2.low_level import ARGON2_VERSION, core, error_to_str, ffi, lib
 
+# libargon2's own decoder is strict, and so is this one: decimal numbers without leading
+# zeros, canonical base64 (see _b64decode). A hash it does not take goes to argon2-cffi,
+# whose answer (an error, mostly) is then the portal's.
+_NUMBER = rb"(?:0|[1-9][0-9]{0,9})"
 _ENCODED = re.compile(
-    rb"\$argon2id\$v=(?P<version>\d{1,3})\$m=(?P<memory>\d{1,10}),t=(?P<time>\d{1,10}),p=(?P<lanes>\d{1,8})"
-    rb"\$(?P<salt>[A-Za-z0-9+/]{11,})\$(?P<hash>[A-Za-z0-9+/]{6,})")
+    rb"\$argon2id\$v=(?P<version>%(n)s)\$m=(?P<memory>%(n)s),t=(?P<time>%(n)s),p=(?P<lanes>%(n)s)"
+    rb"\$(?P<salt>[A-Za-z0-9+/]{11,})\$(?P<hash>[A-Za-z0-9+/]{6,})" % {b"n": _NUMBER})
+_UINT32 = 0xFFFFFFFF
 
 
 def _b64encode(data: bytes) -> str:
@@ -38,13 +44,20 @@ def _b64encode(data: bytes) -> str:
 
 
 def _b64decode(text: bytes) -> bytes:
-    return base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
+    """Unpadded base64 as libargon2 writes it, and only that: Python's decoder ignores the
+    unused bits of the last character, which would let several spellings of one hash
+    verify where libargon2 refuses all but one."""
+    data = base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
+    if _b64encode(data).encode("ascii") != text:
+        raise binascii.Error("non-canonical base64")
+    return data
 
 
 def _argon2id(secret: bytes, salt: bytes, *, time_cost: int, memory_kib: int, lanes: int, threads: int,
               length: int, version: int = ARGON2_VERSION) -> bytes:
+    # The context's pointers do not keep what they point to alive: these three names do,
+    # until the call returns. Keep them named.
     out = ffi.new("uint8_t[]", length)
-    # cffi keeps these buffers alive as long as the context that points to them.
     secret_buffer, salt_buffer = ffi.new("uint8_t[]", secret), ffi.new("uint8_t[]", salt)
     context = ffi.new("argon2_context *", {
         "out": out, "outlen": length, "pwd": secret_buffer, "pwdlen": len(secret), "salt": salt_buffer,
@@ -61,11 +74,13 @@ def _argon2id(secret: bytes, salt: bytes, *, time_cost: int, memory_kib: int, la
 class Argon2idHasher(PasswordHasher):
     """argon2-cffi's PasswordHasher, whose Argon2id hashes run on `threads` threads."""
 
-    def __init__(self, *, time_cost: int, memory_cost: int, parallelism: int, threads: int = 1) -> None:
-        super().__init__(time_cost=time_cost, memory_cost=memory_cost, parallelism=parallelism)
+    def __init__(self, *, threads: int = 1, **parameters: Any) -> None:
+        super().__init__(**parameters)
         self.threads = threads
 
     def hash(self, password: str | bytes, *, salt: bytes | None = None) -> str:
+        if self.type is not Type.ID:
+            return super().hash(password, salt=salt)
         salt = salt or os.urandom(self.salt_len)
         digest = _argon2id(_bytes(password, self.encoding), salt, time_cost=self.time_cost,
                            memory_kib=self.memory_cost, lanes=self.parallelism, threads=self.threads,
@@ -76,16 +91,17 @@ class Argon2idHasher(PasswordHasher):
     def verify(self, hash: str | bytes, password: str | bytes) -> bool:
         encoded = _bytes(hash, "ascii")
         found = _ENCODED.fullmatch(encoded)
-        if found is None:
+        numbers = [int(found[name]) for name in ("version", "memory", "time", "lanes")] if found else []
+        if found is None or max(numbers) > _UINT32:
             return super().verify(encoded, password)  # other types, or invalid: argon2-cffi says which
         try:
             salt, expected = _b64decode(found["salt"]), _b64decode(found["hash"])
         except binascii.Error:
             return super().verify(encoded, password)
+        version, memory_kib, time_cost, lanes = numbers
         try:
-            digest = _argon2id(_bytes(password, self.encoding), salt, time_cost=int(found["time"]),
-                               memory_kib=int(found["memory"]), lanes=int(found["lanes"]), threads=self.threads,
-                               length=len(expected), version=int(found["version"]))
+            digest = _argon2id(_bytes(password, self.encoding), salt, time_cost=time_cost, memory_kib=memory_kib,
+                               lanes=lanes, threads=self.threads, length=len(expected), version=version)
         except HashingError as error:
             raise VerificationError(*error.args) from None
         if not hmac.compare_digest(digest, expected):

@@ -75,7 +75,8 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     lane for each slice of a hash), so the process's CPU minus its live threads' is the
     hash's lanes, and the live threads' is the portal's own (requests, mail, gunicorn).
     Lanes still running when it is read count as the portal's: a bias of at most the
-    slice in progress, a few milliseconds per window."""
+    slice in progress, a few milliseconds per window. With ENRS_ARGON2_THREADS=1 (the
+    default) no lane thread is started: the hash is in the request's thread."""
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:

@@ -54,8 +54,9 @@ def render(result: dict) -> str:
             f"{_ms(window['all_requests'])} | {_ms(window['all_requests'], 'p99_ms')} | "
             f"{sum(window['errors'].values())} | {cpu.get('others', '–')} | {cpu.get('portal', '–')} |")
     fixed = next(w for w in result["windows"] if w["name"].startswith("fixed"))
-    lines += ["", "CPU per completed journey (ms): the web processes, split into Argon2's lane threads and "
-              "the portal's own threads (requests, mail, gunicorn); `enrs worker`, PostgreSQL, the driver:", "",
+    lines += ["", "CPU per completed journey (ms): the web processes, split into Argon2's lane threads (none "
+              "with ENRS_ARGON2_THREADS=1, the default: the hash is then the request's thread's) and the "
+              "portal's own threads (requests, mail, gunicorn); `enrs worker`, PostgreSQL, the driver:", "",
               "| window | web | hash lanes | portal threads | worker | PostgreSQL | driver |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for window in result["windows"]:
