@@ -15,8 +15,12 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# libargon2 compiled for this machine's CPU where it can be (idp/argon2_build.py): the same
+# hashes for 0.6-0.7 of the CPU. ARGON2_BUILD=wheel keeps PyPI's portable build.
+ARGON2_BUILD ?= auto
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m idp.argon2_build --build $(ARGON2_BUILD)
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -65,8 +65,9 @@ def create_app(env: Mapping[str, str] | None = None, *, clock: Clock | None = No
     )
     app.json.ensure_ascii = False
     app.extensions["enrs.settings"] = settings
-    from idp import passwords
+    from idp import argon2_build, passwords
 
+    argon2_build.require_cpu_support()  # before the first hash (the dummy one, below)
     passwords.limit_concurrent_hashes(settings.password_hash_concurrency)
     passwords.use_hash_parameters(settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism,
                                   settings.argon2_threads)
