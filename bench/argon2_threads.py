@@ -11,8 +11,8 @@ from __future__ import annotations
 from bench.side_by_side import Variant, compare
 
 VARIANTS = {
-    "lanes in the request's thread": Variant({"ENRS_ARGON2_THREADS": "1"}, {"huge_pages": True, "portal_hasher": True}),
-    "a thread per lane": Variant({"ENRS_ARGON2_THREADS": "4"}, {"huge_pages": True, "portal_hasher": False}),
+    "lanes in the request's thread": Variant({"ENRS_ARGON2_THREADS": "1"}, {"huge_pages": True, "portal_hasher": True, "pypi_wheel": False}),
+    "a thread per lane": Variant({"ENRS_ARGON2_THREADS": "4"}, {"huge_pages": True, "portal_hasher": False, "pypi_wheel": False}),
 }
 
 

@@ -29,9 +29,10 @@ CODE_RE = re.compile(r"Votre code d'authentification unique est : (\d{6})")
 
 def hash_rate(seconds: float = 5.0, as_portal: bool = False) -> float:
     """Argon2id verifications per second with the portal's parameters, one after the other:
-    by argon2-cffi as any program calls it (a thread per lane: the bare rate, what the
-    targets are read against), or as_portal, the way the portal computes them (the lanes
-    in the calling thread, idp/argon2id.py)."""
+    by argon2-cffi as any program calls it (a thread per lane; with PyPI's wheel in the
+    processes of bench.load.argon2_rate, this is the bare rate the targets are read
+    against), or as_portal, the way the portal computes them (the lanes in the calling
+    thread, idp/argon2id.py), both with the libargon2 this process loaded."""
     from argon2 import PasswordHasher
 
     from idp.passwords import HASHER
@@ -44,6 +45,14 @@ def hash_rate(seconds: float = 5.0, as_portal: bool = False) -> float:
         hasher.verify(stored, PASSWORD)
         count += 1
     return count / (time.perf_counter() - started)
+
+
+def _bare_rate() -> float:
+    """argon2-cffi as any program runs it, with PyPI's wheel (in a process of its own, where
+    the wheel comes first on the path), whatever build the portal runs (idp/argon2_build.py)."""
+    from bench.load.argon2_rate import machine_rate
+
+    return machine_rate(1)["total"]
 
 
 def _app(database_url: str, smtp_url: str, instance: Path):
@@ -140,7 +149,7 @@ def run() -> dict[str, object]:
     smtp = SMTPServer()
     smtp.start()
     try:
-        before, own_before = hash_rate(), hash_rate(as_portal=True)
+        before, own_before = _bare_rate(), hash_rate(as_portal=True)
         results: dict[str, object] = {"logins": LOGINS}
         with tempfile.TemporaryDirectory() as tmp:
             results["sqlite"] = _measure(f"sqlite:///{tmp}/bench.db", smtp, Path(tmp))
@@ -161,11 +170,12 @@ def run() -> dict[str, object]:
                 with engine.begin() as connection:
                     connection.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
                 engine.dispose()
-        own_after, after = hash_rate(as_portal=True), hash_rate()
+        own_after, after = hash_rate(as_portal=True), _bare_rate()
         rate, own = (before + after) / 2, (own_before + own_after) / 2
         results["argon2id_verifications_per_second"] = round(rate, 2)
-        # One login at a time: the portal's hash uses one core (idp/argon2id.py), the bare
-        # one both; against the portal's own rate, the ratio is what the login adds.
+        # One login at a time: the portal's hash uses one core (idp/argon2id.py) and its
+        # own build of libargon2, the bare one both cores and PyPI's wheel; against the
+        # portal's own rate, the ratio is what the login adds.
         results["argon2id_verifications_per_second_as_portal"] = round(own, 2)
         for backend in ("sqlite", "postgresql"):
             if isinstance(results.get(backend), dict):

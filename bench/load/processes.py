@@ -166,6 +166,22 @@ class Served:
                 continue
         return False
 
+    def argon2_builds(self) -> list[str]:
+        """The build of libargon2 each worker has loaded, read from its memory map: the
+        wheel when it comes from bench/.cache (bench/load/argon2_rate.py), otherwise the
+        installed one."""
+        from bench.load.argon2_rate import CACHE, installed_build
+
+        builds = set()
+        for pid in self.worker_pids():
+            try:
+                maps = Path(f"/proc/{pid}/maps").read_text()
+            except OSError:
+                continue
+            paths = {line.split()[-1] for line in maps.splitlines() if "_argon2_cffi_bindings" in line}
+            builds.update("wheel" if Path(path).is_relative_to(CACHE) else installed_build() for path in paths)
+        return sorted(builds)
+
     def our_pids(self) -> list[int]:
         pids = [os.getpid()]
         for process in (self.server, self.worker):

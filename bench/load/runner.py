@@ -305,9 +305,10 @@ def run_load() -> dict:
         busy_before = _busy_cores(3.0)
         idle_rss = {pid: rss_kib(pid) for pid in served.worker_pids()}
         workers_use_huge_pages = served.huge_pages()
+        workers_argon2 = served.argon2_builds()
         single = machine_rate(1)
         before = machine_rate(2)
-        as_workers_before = machine_rate(2, huge_pages=True, portal_hasher=True)
+        as_workers_before = machine_rate(2, huge_pages=True, portal_hasher=True, pypi_wheel=False)
         _say(f"Argon2id: {single['total']:.2f}/s in one process, {before['total']:.2f}/s in two together "
              f"({as_workers_before['total']:.2f}/s as the workers hash)")
         # uvloop: the driver shares the portal's cores, the lighter its event loop the better.
@@ -316,12 +317,13 @@ def run_load() -> dict:
         end_rss = {pid: rss_kib(pid) for pid in served.worker_pids()}
         served.stop()
         # In the other order than before: the drift cancels out.
-        as_workers_after = machine_rate(2, huge_pages=True, portal_hasher=True)
+        as_workers_after = machine_rate(2, huge_pages=True, portal_hasher=True, pypi_wheel=False)
         after = machine_rate(2)
         hash_rate = (before["total"] + after["total"]) / 2
         results = _results(settings, outcome, served, hash_rate, single, before, after, idle_rss, end_rss,
                            setup_seconds, workdir)
-        _add_workers_hash_rate(results, before, as_workers_before, as_workers_after, workers_use_huge_pages)
+        _add_workers_hash_rate(results, before, as_workers_before, as_workers_after, workers_use_huge_pages,
+                               workers_argon2)
         results["machine"]["busy_cores_before_load"] = busy_before  # other people's work: the portal is idle
         return results
     finally:
@@ -330,18 +332,21 @@ def run_load() -> dict:
         setup.flush_redis(settings.redis_url)
 
 
-def _add_workers_hash_rate(results: dict, bare: dict, before: dict, after: dict, workers_use_huge_pages: bool) -> None:
+def _add_workers_hash_rate(results: dict, bare: dict, before: dict, after: dict, workers_use_huge_pages: bool,
+                           workers_argon2: list[str]) -> None:
     """The hash rate as the portal's workers hash (huge pages for the hash's memory, the
-    lanes in the calling thread), beside the bare one. The issue's ratio is against the
-    bare rate, argon2-cffi as any program runs it; against this one, it shows what a
-    login costs besides the hash itself."""
+    lanes in the calling thread, libargon2 built for this CPU), beside the bare one. The
+    issue's ratio is against the bare rate, argon2-cffi as any program runs it (PyPI's
+    wheel); against this one, it shows what a login costs besides the hash itself."""
     own = (before["total"] + after["total"]) / 2
     hashes = results["argon2id_verifications_per_second"]
     hashes.update({"both_cores_as_workers_before": before["total"], "both_cores_as_workers_after": after["total"],
                    "both_cores_as_workers": round(own, 3),
                    "cpu_seconds_per_hash_two_processes": bare["cpu_seconds_per_hash"],
                    "cpu_seconds_per_hash_two_processes_as_workers": before["cpu_seconds_per_hash"],
-                   "portal_workers_use_huge_pages": workers_use_huge_pages})
+                   "portal_workers_use_huge_pages": workers_use_huge_pages,
+                   "argon2_build_bare": bare["argon2_build"], "argon2_build_as_workers": before["argon2_build"],
+                   "portal_workers_argon2_build": workers_argon2})
     best = results.get("best_full_logins_per_s")
     results["targets_other_readings"]["sustained_logins_ge_0_8_hash_rate_as_workers"] = bool(best and best >= 0.8 * own)
     results["logins_ratio"] = {"best_full_logins_per_s": best,
