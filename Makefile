@@ -15,15 +15,23 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# libargon2 compiled for this machine's CPU where it can be (idp/argon2_build.py): the same
-# hashes for 0.6-0.7 of the CPU. ARGON2_BUILD=wheel keeps PyPI's portable build.
-ARGON2_BUILD ?= auto
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	$(BIN)/python -m idp.argon2_build --build $(ARGON2_BUILD)
 	@touch $(STAMP)
 
-install: $(STAMP)
+# libargon2 compiled for this machine's CPU where it can be (idp/argon2_build.py): the same
+# hashes for about half the CPU. ARGON2_BUILD=wheel puts PyPI's portable build back. The stamp
+# is written only when that succeeded: a failed build (exit status 3, the wheel kept) is
+# tried again by the next make.
+ARGON2_BUILD ?= auto
+ARGON2_STAMP := $(VENV)/.argon2-$(ARGON2_BUILD)
+$(ARGON2_STAMP): $(STAMP) idp/argon2_build.py
+	@rm -f $(VENV)/.argon2-*
+	@$(BIN)/python -m idp.argon2_build --build $(ARGON2_BUILD); status=$$?; \
+	if [ $$status -eq 0 ]; then touch $@; elif [ $$status -ne 3 ]; then exit $$status; fi
+
+SETUP := $(STAMP) $(ARGON2_STAMP)
+install: $(SETUP)
 
 # The demo ROR application (examples/ror_app) trusts the portal by OpenID Connect: `enrs demo`
 # registers it and writes its client configuration to the instance folder, where it reads it.
@@ -33,7 +41,7 @@ ROR_ENV = ROR_APP_BASE_URL="$${ROR_APP_BASE_URL:-http://127.0.0.1:$(ROR_PORT)}" 
 # The portal in the foreground, the ROR app in the background; the trap stops the ROR app
 # whenever the portal stops (Ctrl-C included: a background job ignores SIGINT).
 run: export ENRS_BASE_URL ?= http://127.0.0.1:$(PORT)
-run: $(STAMP)
+run: $(SETUP)
 	$(BIN)/enrs db upgrade
 	$(ROR_ENV) $(BIN)/enrs demo --if-empty
 	@$(ROR_ENV) $(BIN)/python -m examples.ror_app --port $(ROR_PORT) & ror=$$!; \
@@ -42,7 +50,7 @@ run: $(STAMP)
 	$(BIN)/enrs serve --port $(PORT)
 
 # The demo ROR application alone (the portal already running, `enrs demo` already run).
-ror-app: $(STAMP)
+ror-app: $(SETUP)
 	$(ROR_ENV) $(BIN)/python -m examples.ror_app --port $(ROR_PORT)
 
 # The Pro Santé Connect stand-in (tests/psc_sandbox: panva's oidc-provider) on loopback, to
@@ -63,16 +71,16 @@ psc-sandbox: $(PSC_MODULES)
 	PSC_SANDBOX_POST_LOGOUT_REDIRECT_URIS="$${ENRS_BASE_URL:-http://127.0.0.1:$(PORT)}/psc/logged-out" \
 	exec node tests/psc_sandbox/server.mjs
 
-test: $(STAMP)
+test: $(SETUP)
 	$(BIN)/python -m pytest -q tests --ignore=tests/e2e --ignore=tests/interop
 
 # The same suite with every database test on PostgreSQL as well (needs ENRS_TEST_DATABASE_URL).
 # The database tests again on PostgreSQL, plus the Redis-backed ones (CI sets both URLs).
-test-postgres: $(STAMP)
+test-postgres: $(SETUP)
 	@test -n "$$ENRS_TEST_DATABASE_URL" || { echo "ENRS_TEST_DATABASE_URL n'est pas défini"; exit 1; }
 	$(BIN)/python -m pytest -q tests --ignore=tests/e2e --ignore=tests/interop -k "postgresql or redis"
 
-bench: $(STAMP)
+bench: $(SETUP)
 	$(BIN)/python -m bench
 
 # The browser suite: real `enrs serve` processes, the demo ROR app and the PSC sandbox,
@@ -88,7 +96,7 @@ $(E2E_MODULES): tests/e2e/package.json tests/e2e/package-lock.json
 	cd tests/e2e && npm ci --no-audit --no-fund
 	@touch $@
 
-e2e: $(STAMP) $(E2E_MODULES) $(PSC_MODULES)
+e2e: $(SETUP) $(E2E_MODULES) $(PSC_MODULES)
 	$(BIN)/python -m pytest -q tests/e2e $(E2E_ARGS)
 
 # The interop suite: panva's openid-client (pinned in tests/interop/package-lock.json) as the
@@ -103,7 +111,7 @@ $(INTEROP_MODULES): tests/interop/package.json tests/interop/package-lock.json
 	cd tests/interop && npm ci --no-audit --no-fund
 	@touch $@
 
-interop: $(STAMP) $(INTEROP_MODULES) $(PSC_MODULES)
+interop: $(SETUP) $(INTEROP_MODULES) $(PSC_MODULES)
 	$(BIN)/python -m pytest -q tests/interop $(INTEROP_ARGS)
 
 # The fault suite (docs/faults.md): the production shape (gunicorn 2 workers × 4 threads and
@@ -113,7 +121,7 @@ interop: $(STAMP) $(INTEROP_MODULES) $(PSC_MODULES)
 # it running). FAULTS_ARGS passes options to pytest (e.g. -k redis).
 .PHONY: faults
 FAULTS_ARGS ?=
-faults: $(STAMP)
+faults: $(SETUP)
 	$(BIN)/python -m pytest -q -rxs tests/faults $(FAULTS_ARGS)
 
 clean:

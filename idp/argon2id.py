@@ -7,9 +7,11 @@ the parallelism comes from the requests themselves, and that is pure cost. Compu
 the request's own thread, the same hash takes 6–10 % less CPU; both cores verify 13–15 % more
 hashes per second, and with the machine full the portal serves 4 % more logins at 6–7 %
 less web CPU each (`python -m bench argon2_threads`); in full load runs, logins alone
-reached 0.75–0.84 × the bare hash rate against 0.70–0.74 (docs/deploy-sizing.md). The price:
-on an idle machine one verification takes the wall time of its CPU (~230 ms on the
-machine measured, against ~150 ms with its lanes spread over two cores). The lanes, hence the
+reached 0.75–0.84 × the bare hash rate against 0.70–0.74 (docs/deploy-sizing.md; all
+measured with PyPI's build of libargon2). The price: on an idle machine one verification
+takes the wall time of its CPU (~230 ms on the machine measured with PyPI's build, ~100–130
+with one built for the CPU, idp/argon2_build.py; against ~150 ms with the lanes of PyPI's
+build spread over two cores). The lanes, hence the
 hash and what a guess costs, are unchanged: libargon2 computes the same 4 lanes one
 after the other, and a hash made either way verifies either way.
 

@@ -30,12 +30,13 @@ from portal.config import ARGON2_MEMORY_KIB, ARGON2_PARALLELISM, ARGON2_THREADS,
 # runs about 1.5 times as many guesses per second. Still far above OWASP's floor (19 MiB,
 # 2 passes, 1 lane). Hashes made with other parameters verify, and are rehashed with
 # these at the next successful login. The 4 lanes are computed by the request's own thread
-# (ENRS_ARGON2_THREADS, default 1; why: idp/argon2id.py).
+# (ENRS_ARGON2_THREADS, default 1; why: idp/argon2id.py), by a libargon2 built for the
+# server's CPU where it can be (idp/argon2_build.py).
 HASHER = Argon2idHasher(time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_KIB, parallelism=ARGON2_PARALLELISM,
                         threads=ARGON2_THREADS)
 
 # Each hash holds its memory while it runs, and a verification keeps a core busy for
-# ~0.15 s. With several threads per process, a Monday-morning burst would run as many
+# ~0.1 s (~0.2 s with PyPI's build of libargon2: idp/argon2_build.py). With several threads per process, a Monday-morning burst would run as many
 # hashes at once as there are threads: memory peaks by 32 MiB per thread, and every login
 # in the process slows down together. A process runs at most this many at a time
 # (ENRS_PASSWORD_HASH_CONCURRENCY, default 1); the others wait their turn, which costs

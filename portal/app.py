@@ -65,9 +65,14 @@ def create_app(env: Mapping[str, str] | None = None, *, clock: Clock | None = No
     )
     app.json.ensure_ascii = False
     app.extensions["enrs.settings"] = settings
-    from idp import argon2_build, passwords
+    from idp import argon2_build
 
-    argon2_build.require_cpu_support()  # before the first hash (the dummy one, below)
+    # Before anything hashes (the dummy hash, below): a build for a level this CPU lacks
+    # would die of an illegal instruction, a miscompiled one store unverifiable hashes.
+    argon2_build.require_cpu_support()
+    argon2_build.self_test()
+    from idp import passwords
+
     passwords.limit_concurrent_hashes(settings.password_hash_concurrency)
     passwords.use_hash_parameters(settings.argon2_time_cost, settings.argon2_memory_kib, settings.argon2_parallelism,
                                   settings.argon2_threads)

@@ -27,7 +27,7 @@ from bench.load.setup import REPO
 from idp.argon2_build import DISTRIBUTION, built_for, installed_version
 from portal.huge_pages import TUNABLE
 
-CACHE = Path(__file__).resolve().parents[1] / ".cache"
+CACHE = (Path(__file__).resolve().parents[1] / ".cache").resolve()
 
 
 def pypi_wheel() -> Path:
@@ -43,7 +43,11 @@ def pypi_wheel() -> Path:
             unpacked = Path(tempfile.mkdtemp(prefix=folder.name, dir=CACHE))  # renamed whole: never half there
             with zipfile.ZipFile(next(Path(download).glob("*.whl"))) as wheel:
                 wheel.extractall(unpacked)
-            unpacked.rename(folder)
+            try:
+                unpacked.rename(folder)
+            except OSError:  # another benchmark unpacked it meanwhile
+                if not (folder / "_argon2_cffi_bindings").is_dir():
+                    raise
     return folder
 
 
@@ -59,6 +63,10 @@ def machine_rate(processes: int, seconds: float = 5.0, huge_pages: bool = False,
         env["GLIBC_TUNABLES"] = f"{TUNABLE}=1"
     if pypi_wheel:
         env = with_pypi_wheel(env)
+    elif "PYTHONPATH" in env:  # a variant's wheel left on the path must not stand in for the build
+        cache = str(CACHE.resolve())
+        env["PYTHONPATH"] = os.pathsep.join(entry for entry in env["PYTHONPATH"].split(os.pathsep)
+                                            if not os.path.realpath(entry).startswith(cache))
     command = [sys.executable, "-m", "bench.load.argon2_rate", str(start_at), str(seconds),
                *(["portal"] if portal_hasher else [])]
     children = [subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)

@@ -178,9 +178,12 @@ class Served:
                 maps = Path(f"/proc/{pid}/maps").read_text()
             except OSError:
                 continue
-            paths = {line.split()[-1] for line in maps.splitlines() if "_argon2_cffi_bindings" in line}
+            # address perms offset dev inode path; the path may hold spaces, or end in
+            # " (deleted)" when the library was reinstalled under a running worker.
+            paths = {fields[5].removesuffix(" (deleted)") for line in maps.splitlines()
+                     if "_argon2_cffi_bindings" in line and len(fields := line.split(maxsplit=5)) == 6}
             builds.update("wheel" if Path(path).is_relative_to(CACHE) else installed_build() for path in paths)
-        return sorted(builds)
+        return sorted(builds) or ["unknown"]
 
     def our_pids(self) -> list[int]:
         pids = [os.getpid()]

@@ -22,17 +22,21 @@ def _ms(summary: dict, key: str = "p95_ms") -> str:
     return "–" if value is None else f"{value:.0f}"
 
 
+def _names(builds: str | list[str]) -> str:
+    return builds if isinstance(builds, str) else ", ".join(builds)
+
+
 def render(result: dict) -> str:
     hashes = result["argon2id_verifications_per_second"]
     lines = [
-        f"Argon2id verifications/s (libargon2: {hashes.get('argon2_build_bare', 'wheel')}): "
+        f"Argon2id verifications/s (libargon2: {_names(hashes.get('argon2_build_bare', 'wheel'))}): "
         f"{hashes['one_process']:.2f} in one process, {hashes['both_cores_before']:.2f} "
         f"(before) and {hashes['both_cores_after']:.2f} (after) in one process per core together, "
         f"mean {hashes['both_cores']:.2f}; {hashes['cpu_seconds_per_hash'] * 1000:.0f} ms of CPU per verification.",
         *([f"As the portal's workers hash (huge pages for the hash's memory: "
            f"{'yes' if hashes['portal_workers_use_huge_pages'] else 'NO'}; the lanes in the calling thread; "
-           f"libargon2 {hashes.get('argon2_build_as_workers', 'wheel')}, the workers' "
-           f"{', '.join(hashes.get('portal_workers_argon2_build', ['wheel']))}): "
+           f"libargon2 {_names(hashes.get('argon2_build_as_workers', 'wheel'))}, the workers' "
+           f"{_names(hashes.get('portal_workers_argon2_build', 'wheel'))}): "
            f"{hashes['both_cores_as_workers_before']:.2f} (before) and {hashes['both_cores_as_workers_after']:.2f} "
            f"(after), mean {hashes['both_cores_as_workers']:.2f}; CPU per verification with two processes "
            f"{hashes['cpu_seconds_per_hash_two_processes'] * 1000:.0f} ms bare, "
