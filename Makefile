@@ -20,10 +20,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 	@touch $(STAMP)
 
 # libargon2 compiled for this machine's CPU where it can be (idp/argon2_build.py): the same
-# hashes for about half the CPU. ARGON2_BUILD=wheel puts PyPI's portable build back. The stamp
-# is written only when that succeeded: a failed build (exit status 3, the wheel kept) is
-# tried again by the next make.
-ARGON2_BUILD ?= auto
+# hashes for about 0.6 of the CPU. `make install ARGON2_BUILD=wheel` puts PyPI's portable
+# build back, and later makes keep that choice (its stamp says it) until ARGON2_BUILD=auto.
+# The stamp is written only when the build succeeded: a failed one (exit status 3, the
+# wheel kept) is tried again by the next make.
+ARGON2_BUILD ?= $(or $(patsubst $(VENV)/.argon2-%,%,$(firstword $(wildcard $(VENV)/.argon2-*))),auto)
 ARGON2_STAMP := $(VENV)/.argon2-$(ARGON2_BUILD)
 $(ARGON2_STAMP): $(STAMP) idp/argon2_build.py
 	@rm -f $(VENV)/.argon2-*

@@ -28,7 +28,9 @@ import importlib.metadata
 import importlib.util
 import os
 import platform
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -56,10 +58,11 @@ LEVEL_FLAGS = {
 # -march alone decides which of libargon2's vector code is compiled (opt.c: SSE2, AVX2 or
 # AVX-512 by the compiler's predefined macros): nothing inherited may add to it.
 COMPILER_FLAGS = {X86_64_V3: "-march=x86-64-v3 -mtune=generic"}
-# What the build must not inherit: compiler and CMake flags, and the bindings' own switches
-# (a system libargon2, the portable C code).
-_BUILD_VARIABLES = ("CFLAGS", "CPPFLAGS", "LDFLAGS", "CMAKE_ARGS", "PYTHONPATH")
-_BUILD_PREFIXES = ("SKBUILD_", "ARGON2_CFFI_", "SETUPTOOLS_SCM_")
+# What the build must not inherit: compiler and CMake settings (CMake takes flags inside CC,
+# and a toolchain file from the environment), and the bindings' own switches (a system
+# libargon2, the portable C code).
+_BUILD_VARIABLES = ("CC", "CXX", "CFLAGS", "CPPFLAGS", "LDFLAGS", "PYTHONPATH")
+_BUILD_PREFIXES = ("CMAKE_", "SKBUILD_", "ARGON2_CFFI_", "SETUPTOOLS_SCM_")
 # RFC 9106 §5.3's Argon2id vector (t=3, m=32 KiB, p=4, with a secret and associated data),
 # and libargon2's portable reference code (ref.c) with the portal's parameters (t=8, m=32 MiB,
 # p=4): the first is cheap enough for every start, the second covers the portal's shape.
@@ -129,20 +132,28 @@ def built_for(version: str) -> str:
     return WHEEL
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
 @lru_cache(maxsize=1)
 def installed_version() -> str:
     """The version of the bindings Python would load: read from the metadata beside the
-    module (found without loading it), not from the first metadata on the path."""
+    module (found without loading it), the one that lists the module's files, not from
+    the first metadata on the path."""
     spec = importlib.util.find_spec(MODULE)
     if spec is not None and spec.origin:
         beside = str(Path(spec.origin).resolve().parent.parent)
-        for distribution in importlib.metadata.distributions(path=[beside]):
-            if (distribution.metadata["Name"] or "").lower().replace("_", "-") == DISTRIBUTION:
-                return distribution.version
+        found = [distribution for distribution in importlib.metadata.distributions(path=[beside])
+                 if _canonical(distribution.metadata["Name"] or "") == DISTRIBUTION]
+        owning = [distribution for distribution in found
+                  if any(str(file).replace("\\", "/") == f"{MODULE}/__init__.py" for file in distribution.files or ())]
+        if owning or found:
+            return (owning or found)[0].version
     return importlib.metadata.version(DISTRIBUTION)
 
 
-_THIS_CPU = frozenset({"this CPU"})
+_THIS_CPU: frozenset[str] = frozenset({"read /proc/cpuinfo"})  # a sentinel, compared by identity
 
 
 def require_cpu_support(version: str | None = None, flags: frozenset[str] | None = _THIS_CPU) -> str:
@@ -196,8 +207,18 @@ def self_test(answers: tuple[dict, ...] = (RFC_9106,)) -> None:
 
 # -- building --------------------------------------------------------------------------------
 
-def _run(*command: str, env: dict[str, str] | None = None) -> None:
-    subprocess.run(command, check=True, env=env, timeout=_TIMEOUT)
+def _run(*command: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    """A command, its whole process group killed if it outlives the timeout: pip's timeout
+    alone would leave the compiler and CMake it started running."""
+    with subprocess.Popen(command, env=env, cwd=cwd, start_new_session=True) as process:
+        try:
+            status = process.wait(timeout=_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise
+    if status != 0:
+        raise subprocess.CalledProcessError(status, command)
 
 
 def _pip_install(*arguments: str) -> None:
@@ -219,17 +240,23 @@ def _unpack_source(archive: Path, into: Path) -> Path:
         raise BuildFailed("this Python cannot unpack an archive safely (3.11.4 or later is needed)")
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="data")
-    return next(path for path in into.iterdir() if path.is_dir())
+    folders = [path for path in into.iterdir() if path.is_dir()]
+    if len(folders) != 1:
+        raise BuildFailed(f"unexpected source archive: {sorted(path.name for path in into.iterdir())}")
+    return folders[0]
 
 
 def _check_in_a_process_of_its_own(unpacked: Path) -> None:
-    """The built libargon2, loaded first on a fresh interpreter's path, gives the known answers."""
+    """The built libargon2, loaded first on a fresh interpreter's path, gives the known
+    answers. -P and the folder as working directory: nothing else on the path comes first."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(unpacked), str(Path(__file__).resolve().parents[1])])}
-    check = ("import sys; from idp import argon2_build as b; b.self_test(b.KNOWN_ANSWERS); "
+    check = ("from idp import argon2_build as b; b.self_test(b.KNOWN_ANSWERS); "
              "import _argon2_cffi_bindings as m; print(m.__file__)")
-    result = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=_TIMEOUT)
+    result = subprocess.run([sys.executable, "-P", "-c", check], env=env, cwd=unpacked, capture_output=True,
+                            text=True, timeout=_TIMEOUT)
     if result.returncode != 0:
-        raise BuildFailed(f"the build does not give Argon2id's known answers: {result.stderr.strip()[-300:]}")
+        raise BuildFailed(f"the build could not be loaded, or does not give Argon2id's known answers: "
+                          f"{result.stderr.strip()[-300:]}")
     if not Path(result.stdout.strip()).resolve().is_relative_to(unpacked.resolve()):
         raise BuildFailed("the check loaded another libargon2 than the build's")
 
@@ -241,7 +268,7 @@ def build(level: str, release: str, keep_in: Path) -> Path:
         folder = Path(scratch)
         _run(sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", DISTRIBUTION,
              "--dest", str(folder / "source"), f"{DISTRIBUTION}=={release}")
-        archives = list((folder / "source").glob("*.tar.gz"))
+        archives = list((folder / "source").glob("*.tar.gz")) if (folder / "source").is_dir() else []
         if len(archives) != 1:
             raise BuildFailed(f"no source archive of {DISTRIBUTION} {release}")
         source = _unpack_source(archives[0], folder / "unpacked")
@@ -253,17 +280,23 @@ def build(level: str, release: str, keep_in: Path) -> Path:
         wheels = [path for path in (folder / "wheel").glob("*.whl") if f"-{label}-" in path.name]
         if len(wheels) != 1:
             raise BuildFailed(f"the build is not labelled {label}: {sorted(p.name for p in (folder / 'wheel').iterdir())}")
-        with zipfile.ZipFile(wheels[0]) as wheel:
-            wheel.extractall(folder / "check")
+        try:
+            with zipfile.ZipFile(wheels[0]) as wheel:
+                wheel.extractall(folder / "check")
+        except zipfile.BadZipFile as exc:
+            raise BuildFailed(f"the built wheel cannot be read: {exc}") from None
         _check_in_a_process_of_its_own(folder / "check")
         keep_in.mkdir(parents=True, exist_ok=True)
         return Path(shutil.copy2(wheels[0], keep_in / wheels[0].name))
 
 
 def _version_in_a_new_process() -> str:
+    """What a new interpreter of this environment loads now (this one has cached the old)."""
     result = subprocess.run([sys.executable, "-c", "from idp.argon2_build import installed_version as v; print(v())"],
                             cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60,
                             env={key: value for key, value in os.environ.items() if key != "PYTHONPATH"})
+    if result.returncode != 0 or not result.stdout.strip():
+        raise BuildFailed(f"the installed version cannot be read: {result.stderr.strip()[-300:]}")
     return result.stdout.strip()
 
 
@@ -279,15 +312,17 @@ def install(choice: str, machine: str, flags: frozenset[str] | None, version: st
     if wanted == WHEEL:
         _pip_install("--only-binary", DISTRIBUTION, f"{DISTRIBUTION}=={release}")
         now = _version_in_a_new_process()
-        return (0 if built_for(now) == WHEEL else 3), f"argon2-cffi-bindings {now} : la version de PyPI."
+        if built_for(now) != WHEEL:  # an error, not a warning: this CPU may not run what stays
+            raise BuildFailed(f"PyPI's wheel did not take: {now} is still installed")
+        return 0, f"argon2-cffi-bindings {now} : la version de PyPI."
     retry = f"Pour réessayer : {sys.executable} -m idp.argon2_build"
     try:
         wheel = build(wanted, release, Path(sys.prefix) / "enrs-wheels")
         _pip_install(str(wheel))
+        now = _version_in_a_new_process()
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError, tarfile.TarError, BuildFailed) as exc:
         return 3, (f"Avertissement : libargon2 n'a pas pu être compilée pour {wanted} ({exc}). Le portail garde "
                    f"la version de PyPI : mêmes empreintes, calculées plus lentement. {retry}")
-    now = _version_in_a_new_process()
     if built_for(now) != wanted:
         return 3, f"Avertissement : la version installée est {now}, pas celle compilée pour {wanted}. {retry}"
     return 0, f"argon2-cffi-bindings {now} : compilée pour {wanted}."
@@ -302,8 +337,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build", choices=CHOICES, default="auto",
                         help="auto (default): x86-64-v3 where the CPU has it, else PyPI's wheel")
     parser.add_argument("--show", action="store_true", help="print the installed build and exit")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 unless the installed build is the best for this CPU and gives the known answers")
     arguments = parser.parse_args(argv)
     version = installed_version()
+    if arguments.check:
+        best = best_level(platform.machine(), this_cpu_flags())
+        try:
+            require_cpu_support(version)
+            self_test(KNOWN_ANSWERS)
+        except ConfigError as exc:
+            print(f"Erreur : {exc}", file=sys.stderr)
+            return 1
+        if built_for(version) != best:
+            print(f"Erreur : argon2-cffi-bindings {version} est la version {_name(built_for(version))}, "
+                  f"la meilleure pour ce processeur est {_name(best)}.", file=sys.stderr)
+            return 1
+        print(f"argon2-cffi-bindings {version} : la meilleure version pour ce processeur, réponses connues exactes.")
+        return 0
     if arguments.show:
         best = best_level(platform.machine(), this_cpu_flags())
         print(f"argon2-cffi-bindings {version} : version {_name(built_for(version))} ; "
@@ -314,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     except UnsupportedCPU as exc:
         print(f"Erreur : {exc}", file=sys.stderr)
         return 2
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError) as exc:
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError, BuildFailed) as exc:
         print(f"Erreur : la version de PyPI n'a pas pu être remise ({exc}).", file=sys.stderr)
         return 1
     print(said, file=sys.stderr if status else sys.stdout)

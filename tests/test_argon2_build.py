@@ -5,6 +5,8 @@ build that gives wrong hashes) rather than failing at the first login."""
 from __future__ import annotations
 
 import io
+import os
+import select
 import subprocess
 import sys
 import tarfile
@@ -86,6 +88,21 @@ def test_a_libargon2_that_gives_a_wrong_answer_fails_the_self_test():
         argon2_build.self_test((wrong,))
 
 
+def test_the_installed_version_is_not_the_first_metadata_on_the_path(monkeypatch, tmp_path):
+    stale = tmp_path / "argon2_cffi_bindings-0.0.1.dist-info"
+    stale.mkdir()
+    (stale / "METADATA").write_text("Metadata-Version: 2.1\nName: argon2-cffi-bindings\nVersion: 0.0.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    argon2_build.installed_version.cache_clear()
+    try:
+        from importlib.metadata import version
+
+        assert version("argon2-cffi-bindings") == "0.0.1"  # what a naive lookup would say
+        assert argon2_build.installed_version() != "0.0.1"
+    finally:
+        argon2_build.installed_version.cache_clear()
+
+
 def test_the_installed_version_is_read_beside_the_module_python_loads():
     from importlib.metadata import distributions
 
@@ -153,6 +170,20 @@ def test_install_leaves_a_build_that_is_already_the_one_asked_for(monkeypatch):
     assert "déjà" in argon2_build.install("wheel", "x86_64", V3, "26.2.0")[1]
 
 
+def test_a_wheel_that_did_not_take_is_an_error_not_a_warning(monkeypatch):
+    monkeypatch.setattr(argon2_build, "_run", lambda *command, env=None: None)
+    monkeypatch.setattr(argon2_build, "_version_in_a_new_process", lambda: "26.2.0+x86.64.v3")
+    monkeypatch.setattr(argon2_build, "installed_version", lambda: "26.2.0+x86.64.v3")
+    monkeypatch.setattr(argon2_build, "this_cpu_flags", lambda: OLD)
+    assert argon2_build.main([]) == 1  # make stops: this CPU cannot run what stays
+
+
+def test_the_version_a_new_process_reads_must_be_read(monkeypatch):
+    monkeypatch.setattr(argon2_build.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "boom"))
+    with pytest.raises(BuildFailed, match="cannot be read"):
+        argon2_build._version_in_a_new_process()
+
+
 def test_install_puts_the_wheel_back_by_force_when_asked_or_when_the_cpu_lost_v3(monkeypatch):
     commands = []
     monkeypatch.setattr(argon2_build, "_run", lambda *command, env=None: commands.append(command))
@@ -216,6 +247,7 @@ def test_show_names_the_installed_build_and_the_best_for_this_cpu(monkeypatch, c
 
 def test_the_build_environment_inherits_no_compiler_or_cmake_flags():
     inherited = {"PATH": "/usr/bin", "HOME": "/root", "CFLAGS": "-mavx512f", "CPPFLAGS": "-DX", "CMAKE_ARGS": "-DY=1",
+                 "CC": "gcc -march=native", "CXX": "g++", "CMAKE_TOOLCHAIN_FILE": "/tmp/avx512.cmake",
                  "SKBUILD_CMAKE_ARGS": "-DZ=1", "ARGON2_CFFI_USE_SYSTEM": "1", "ARGON2_CFFI_USE_SSE2": "0",
                  "PYTHONPATH": "/elsewhere", "SETUPTOOLS_SCM_PRETEND_VERSION": "9"}
     env = argon2_build.build_environment(X86_64_V3, "26.2.0", inherited)
@@ -301,20 +333,34 @@ def test_the_check_in_a_process_of_its_own_loads_the_given_bindings(tmp_path):
         argon2_build._check_in_a_process_of_its_own(broken)
 
 
-def test_make_install_built_libargon2_for_this_cpu():
-    """Where `make install` set up this virtual environment, the build it left is the one
-    asked for (ARGON2_BUILD, `auto` by default: the best this CPU runs). Its stamp is written
-    only when the build succeeded: none means `make install` printed why it failed."""
-    venv = Path(sys.prefix)
-    if not (venv / ".installed").exists():
-        pytest.skip("this environment was not set up by make install")
-    stamps = [path.name.removeprefix(".argon2-") for path in venv.glob(".argon2-*")]
-    assert len(stamps) == 1, f"make install did not build libargon2 (stamps: {stamps})"
-    asked = stamps[0]
-    if asked == "auto":
-        asked = argon2_build.best_level(argon2_build.platform.machine(), argon2_build.this_cpu_flags())
-    argon2_build.installed_version.cache_clear()
-    assert argon2_build.built_for(argon2_build.installed_version()) == asked
+def test_check_tells_whether_the_installed_build_is_the_best_for_this_cpu(monkeypatch, capsys):
+    """`.ci/run` calls --check after make test, which passes with PyPI's wheel too."""
+    monkeypatch.setattr(argon2_build.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(argon2_build, "this_cpu_flags", lambda: V3)
+    monkeypatch.setattr(argon2_build, "installed_version", lambda: "26.2.0")
+    assert argon2_build.main(["--check"]) == 1
+    assert "la meilleure pour ce processeur est x86-64-v3" in capsys.readouterr().err
+    monkeypatch.setattr(argon2_build, "this_cpu_flags", lambda: OLD)
+    assert argon2_build.main(["--check"]) == 0
+    monkeypatch.setattr(argon2_build, "argon2id_tag", lambda **_: b"\x00" * 32)
+    assert argon2_build.main(["--check"]) == 1
+    assert "known answer" in capsys.readouterr().err
+
+
+def test_a_command_that_outlives_its_timeout_is_killed_with_what_it_started(monkeypatch, tmp_path):
+    monkeypatch.setattr(argon2_build, "_TIMEOUT", 2)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            # The grandchild holds the FIFO's write end as long as it lives.
+            argon2_build._run("sh", "-c", f"sleep 60 > {fifo} & wait")
+        # Its death closes the write end: EOF at once. Alive, select would wait its 10 s.
+        assert select.select([reader], [], [], 10)[0] == [reader]
+        assert os.read(reader, 1) == b""
+    finally:
+        os.close(reader)
 
 
 def _nothing_to_run(*command, **options):
