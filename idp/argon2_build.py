@@ -73,6 +73,7 @@ PORTAL_SHAPE = dict(password=b"correct horse battery", salt=b"\x01" * 16, secret
                     time_cost=8, memory_kib=32 * 1024, lanes=4,
                     tag="ededb8ae4f35ca2668ef8ddef38eef617833e77bc542346ae44eea06554df075")
 KNOWN_ANSWERS = (RFC_9106, PORTAL_SHAPE)
+BUILD_CONSTRAINTS = Path(__file__).with_name("argon2_build_constraints.txt")  # the build tools' versions
 _TIMEOUT = 900  # seconds for one pip step: a source build on a slow machine
 
 
@@ -274,8 +275,8 @@ def build(level: str, release: str, keep_in: Path) -> Path:
         source = _unpack_source(archives[0], folder / "unpacked")
         # A wheel from the unpacked folder, not from the archive: pip checks that an archive's
         # name and the version it builds agree, and the label is the point.
-        _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(folder / "wheel"),
-             str(source), env=build_environment(level, release, dict(os.environ)))
+        _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--build-constraint", str(BUILD_CONSTRAINTS),
+             "--wheel-dir", str(folder / "wheel"), str(source), env=build_environment(level, release, dict(os.environ)))
         label = f"{release}+{LABELS[level]}"
         wheels = [path for path in (folder / "wheel").glob("*.whl") if f"-{label}-" in path.name]
         if len(wheels) != 1:

@@ -260,7 +260,7 @@ def _fake_pip(tmp_path: Path, label: str, checks: list):
     """pip download writes a source archive, pip wheel a wheel named with `label`; the
     check in a process of its own is recorded, not run."""
     def run(*command, env=None):
-        checks.append((command[3], env))
+        checks.append((command[3], env, command))
         if command[3] == "download":
             dest = Path(command[command.index("--dest") + 1])
             dest.mkdir(parents=True)
@@ -288,9 +288,14 @@ def test_the_build_downloads_the_source_builds_a_labelled_wheel_and_checks_it(mo
     assert kept == tmp_path / "kept" / "argon2_cffi_bindings-26.2.0+x86.64.v3-cp311-abi3-linux_x86_64.whl"
     assert kept.exists()
     assert checked == [["_argon2_cffi_bindings"]]
-    (download, _), (wheel, env) = commands
+    (download, _, _), (wheel, env, command) = commands
     assert download == "download" and wheel == "wheel"
     assert env["CFLAGS"] == "-march=x86-64-v3 -mtune=generic"
+    # The build tools are pinned: the constraints name them all, with exact versions.
+    constraints = Path(command[command.index("--build-constraint") + 1])
+    pins = dict(line.split("==") for line in constraints.read_text().splitlines() if line and line[0] != "#")
+    assert {"scikit-build-core", "setuptools-scm", "setuptools", "packaging"} <= pins.keys()
+    assert all(version[0].isdigit() for version in pins.values())
 
 
 def test_the_source_is_fetched_as_source_for_the_bindings_only(monkeypatch, tmp_path):
