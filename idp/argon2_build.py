@@ -265,7 +265,10 @@ def _check_in_a_process_of_its_own(unpacked: Path) -> None:
 def build(level: str, release: str, keep_in: Path) -> Path:
     """A wheel of argon2-cffi-bindings `release` built from its source for `level`, checked,
     and kept in `keep_in` (which pip then records as where the package came from)."""
-    with tempfile.TemporaryDirectory(prefix="enrs-argon2-") as scratch:
+    # Scratch space beside keep_in, not in /tmp: a hardened server mounts /tmp noexec, where
+    # neither the check could load the library nor pip's build run a downloaded CMake.
+    keep_in.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="build-", dir=keep_in) as scratch:
         folder = Path(scratch)
         _run(sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", DISTRIBUTION,
              "--dest", str(folder / "source"), f"{DISTRIBUTION}=={release}")
@@ -276,7 +279,8 @@ def build(level: str, release: str, keep_in: Path) -> Path:
         # A wheel from the unpacked folder, not from the archive: pip checks that an archive's
         # name and the version it builds agree, and the label is the point.
         _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--build-constraint", str(BUILD_CONSTRAINTS),
-             "--wheel-dir", str(folder / "wheel"), str(source), env=build_environment(level, release, dict(os.environ)))
+             "--wheel-dir", str(folder / "wheel"), str(source),
+             env={**build_environment(level, release, dict(os.environ)), "TMPDIR": str(folder)})
         label = f"{release}+{LABELS[level]}"
         wheels = [path for path in (folder / "wheel").glob("*.whl") if f"-{label}-" in path.name]
         if len(wheels) != 1:
@@ -287,7 +291,6 @@ def build(level: str, release: str, keep_in: Path) -> Path:
         except zipfile.BadZipFile as exc:
             raise BuildFailed(f"the built wheel cannot be read: {exc}") from None
         _check_in_a_process_of_its_own(folder / "check")
-        keep_in.mkdir(parents=True, exist_ok=True)
         return Path(shutil.copy2(wheels[0], keep_in / wheels[0].name))
 
 
