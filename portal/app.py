@@ -69,7 +69,8 @@ def create_app(env: Mapping[str, str] | None = None, *, clock: Clock | None = No
 
     # Before anything hashes (the dummy hash, below): a build for a level this CPU lacks
     # would die of an illegal instruction, a miscompiled one store unverifiable hashes.
-    argon2_build.require_cpu_support()
+    app.extensions["enrs.argon2_build"] = {"build": argon2_build.require_cpu_support(),
+                                           "version": argon2_build.installed_version()}
     argon2_build.self_test()
     from idp import passwords
 

@@ -33,7 +33,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
@@ -192,6 +192,20 @@ class QueueCollector:
         yield pending
 
 
+class Argon2BuildCollector:
+    """Which libargon2 the process hashes with (idp/argon2_build.py): a `pip install
+    --force-reinstall` that put PyPI's wheel back makes every login cost ~1.6 times the
+    CPU, and shows here as build="wheel"."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def collect(self):
+        found = self.app.extensions.get("enrs.argon2_build")
+        if found:
+            yield InfoMetricFamily("enrs_argon2_build", "The build of libargon2 the portal hashes with", value=found)
+
+
 def _metrics_allowed(app: Flask) -> bool:
     settings = app.extensions["enrs.settings"]
     token = settings.metrics_token
@@ -216,6 +230,7 @@ def _registry(app: Flask) -> CollectorRegistry:
             for collector in (REQUESTS, LATENCY, LOGINS, MAILS, CODES_SENT):
                 registry.register(collector)
         registry.register(QueueCollector(app))
+        registry.register(Argon2BuildCollector(app))
         app.extensions["enrs.metrics_registry"] = registry
     return registry
 

@@ -60,6 +60,12 @@ def test_metrics_are_for_the_internal_network_or_the_token(app_env, clock):
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 404
     body = client.get("/metrics", headers={"Authorization": f"Bearer {token}"}).get_data(as_text=True)
     assert "enrs_outbox_backlog" in body and 'enrs_pending_requests{queue="accounts"}' in body
+    # The build of libargon2 this process hashes with (idp/argon2_build.py), as operators see it.
+    from idp import argon2_build
+
+    version = argon2_build.installed_version()
+    assert (f'enrs_argon2_build_info{{build="{argon2_build.built_for(version)}",version="{version}"}} 1.0'
+            in body)
     app.extensions["enrs.db"]["engine"].dispose()
 
 
