@@ -177,22 +177,17 @@ def require_cpu_support(version: str | None = None, flags: frozenset[str] | None
 
 def argon2id_tag(*, password: bytes, salt: bytes, secret: bytes, ad: bytes, time_cost: int, memory_kib: int,
                  lanes: int, threads: int = 1, length: int = 32) -> bytes:
-    """Argon2id through libargon2's context call, with a secret and associated data (which
-    argon2-cffi's high-level API does not take, and RFC 9106's vector has)."""
-    from argon2.low_level import Type, core, error_to_str, ffi
+    """Argon2id computed the portal's way (idp/argon2id.py), with RFC 9106's secret and
+    associated data, which the RFC's vector has."""
+    from argon2.exceptions import HashingError
 
-    out = ffi.new("uint8_t[]", length)
-    # The context's pointers keep nothing alive: these buffers are held here until the call ends.
-    buffers = [ffi.new("uint8_t[]", value) if value else ffi.NULL for value in (password, salt, secret, ad)]
-    context = ffi.new("argon2_context *", {
-        "out": out, "outlen": length, "pwd": buffers[0], "pwdlen": len(password), "salt": buffers[1],
-        "saltlen": len(salt), "secret": buffers[2], "secretlen": len(secret), "ad": buffers[3], "adlen": len(ad),
-        "t_cost": time_cost, "m_cost": memory_kib, "lanes": lanes, "threads": threads, "version": 0x13,
-        "allocate_cbk": ffi.NULL, "free_cbk": ffi.NULL, "flags": 0})
-    result = core(context, Type.ID.value)
-    if result != 0:
-        raise WrongHashes(f"libargon2 failed: {error_to_str(result)}")
-    return bytes(out)
+    from idp.argon2id import argon2id_raw
+
+    try:
+        return argon2id_raw(password, salt, time_cost=time_cost, memory_kib=memory_kib, lanes=lanes,
+                            threads=threads, length=length, key=secret, data=ad)
+    except HashingError as exc:
+        raise WrongHashes(f"libargon2 failed: {exc}") from None
 
 
 def self_test(answers: tuple[dict, ...] = (RFC_9106,)) -> None:

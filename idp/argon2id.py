@@ -57,15 +57,20 @@ def _b64decode(text: bytes) -> bytes:
     return data
 
 
-def _argon2id(secret: bytes, salt: bytes, *, time_cost: int, memory_kib: int, lanes: int, threads: int,
-              length: int, version: int = ARGON2_VERSION) -> bytes:
-    # The context's pointers do not keep what they point to alive: these three names do,
-    # until the call returns. Keep them named.
+def argon2id_raw(password: bytes, salt: bytes, *, time_cost: int, memory_kib: int, lanes: int, threads: int,
+                 length: int, version: int = ARGON2_VERSION, key: bytes = b"", data: bytes = b"") -> bytes:
+    """Argon2id's raw tag through libargon2's context call. `key` and `data` are RFC 9106's
+    secret and associated data: the portal hashes without them; its known-answer check
+    (idp/argon2_build.py) needs them for the RFC's vector."""
+    # The context's pointers do not keep what they point to alive: these names do, until
+    # the call returns. Keep them named.
     out = ffi.new("uint8_t[]", length)
-    secret_buffer, salt_buffer = ffi.new("uint8_t[]", secret), ffi.new("uint8_t[]", salt)
+    password_buffer, salt_buffer = ffi.new("uint8_t[]", password), ffi.new("uint8_t[]", salt)
+    key_buffer = ffi.new("uint8_t[]", key) if key else ffi.NULL
+    data_buffer = ffi.new("uint8_t[]", data) if data else ffi.NULL
     context = ffi.new("argon2_context *", {
-        "out": out, "outlen": length, "pwd": secret_buffer, "pwdlen": len(secret), "salt": salt_buffer,
-        "saltlen": len(salt), "secret": ffi.NULL, "secretlen": 0, "ad": ffi.NULL, "adlen": 0,
+        "out": out, "outlen": length, "pwd": password_buffer, "pwdlen": len(password), "salt": salt_buffer,
+        "saltlen": len(salt), "secret": key_buffer, "secretlen": len(key), "ad": data_buffer, "adlen": len(data),
         "t_cost": time_cost, "m_cost": memory_kib, "lanes": lanes, "threads": min(threads, lanes),
         "version": version, "allocate_cbk": ffi.NULL, "free_cbk": ffi.NULL, "flags": lib.ARGON2_DEFAULT_FLAGS,
     })
@@ -86,7 +91,7 @@ class Argon2idHasher(PasswordHasher):
         if self.type is not Type.ID:
             return super().hash(password, salt=salt)
         salt = salt or os.urandom(self.salt_len)
-        digest = _argon2id(_bytes(password, self.encoding), salt, time_cost=self.time_cost,
+        digest = argon2id_raw(_bytes(password, self.encoding), salt, time_cost=self.time_cost,
                            memory_kib=self.memory_cost, lanes=self.parallelism, threads=self.threads,
                            length=self.hash_len)
         return (f"$argon2id$v={ARGON2_VERSION}$m={self.memory_cost},t={self.time_cost},p={self.parallelism}"
@@ -104,7 +109,7 @@ class Argon2idHasher(PasswordHasher):
             return super().verify(encoded, password)
         version, memory_kib, time_cost, lanes = numbers
         try:
-            digest = _argon2id(_bytes(password, self.encoding), salt, time_cost=time_cost, memory_kib=memory_kib,
+            digest = argon2id_raw(_bytes(password, self.encoding), salt, time_cost=time_cost, memory_kib=memory_kib,
                                lanes=lanes, threads=self.threads, length=len(expected), version=version)
         except HashingError as error:
             raise VerificationError(*error.args) from None
