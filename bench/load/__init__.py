@@ -26,7 +26,7 @@ Method and figures: docs/deploy-sizing.md. Knobs (environment): BENCH_LOAD_DATAB
 (a PostgreSQL cluster, any database of it; default ENRS_BENCH_DATABASE_URL or the local
 `test` database), BENCH_LOAD_REDIS_URL (default redis://127.0.0.1:6379/14, flushed),
 BENCH_LOAD_ACCOUNTS (150), BENCH_LOAD_STAGE_SECONDS (20, longer at low rates to get
-BENCH_LOAD_STAGE_ARRIVALS, 25), BENCH_LOAD_MAX_STAGES (16), BENCH_LOAD_LOGIN_ONLY_STAGES (4),
+BENCH_LOAD_STAGE_ARRIVALS, 25), BENCH_LOAD_MAX_STAGES (16), BENCH_LOAD_LOGIN_ONLY_STAGES (6),
 BENCH_LOAD_START and BENCH_LOAD_STEP (first rate and step, as fractions of the hash rate
 measured as the workers hash, which a login never reaches: 0.15 and 0.06), BENCH_LOAD_FIXED_SECONDS (60), BENCH_LOAD_P95_LIMIT_MS (500),
 BENCH_LOAD_P95_CEILING_MS (3000), BENCH_LOAD_WORKERS (4), BENCH_LOAD_THREADS (8),

@@ -52,7 +52,7 @@ class Settings:
         # not into timeouts.
         self.p95_ceiling = float(_setting("P95_CEILING_MS", "3000")) / 1000
         self.stage_arrivals = int(_setting("STAGE_ARRIVALS", "25"))
-        self.login_only_stages = int(_setting("LOGIN_ONLY_STAGES", "4"))
+        self.login_only_stages = int(_setting("LOGIN_ONLY_STAGES", "6"))
         self.workers = int(_setting("WORKERS", "4"))
         self.threads = int(_setting("THREADS", "8"))  # enrs serve --prod's default
         self.pyspy = _setting("PYSPY", "") not in ("", "0")
