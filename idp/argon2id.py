@@ -11,9 +11,9 @@ reached 0.75–0.84 × the bare hash rate against 0.70–0.74 (docs/deploy-sizin
 measured with PyPI's build of libargon2). The price: on an idle machine one verification
 takes the wall time of its CPU (~230 ms on the machine measured with PyPI's build, ~100–130
 with one built for the CPU, idp/argon2_build.py; against ~150 ms with the lanes of PyPI's
-build spread over two cores). The lanes, hence the
-hash and what a guess costs, are unchanged: libargon2 computes the same 4 lanes one
-after the other, and a hash made either way verifies either way.
+build spread over two cores). The lanes, hence the hash and what a guess costs, are
+unchanged: libargon2 computes the same 4 lanes one after the other, and a hash made
+either way verifies either way.
 
 argon2-cffi's high-level API ties threads to lanes; its low-level binding `core` (libargon2's
 `argon2_ctx`) does not. This module builds that call's context and encodes the result as
@@ -92,8 +92,8 @@ class Argon2idHasher(PasswordHasher):
             return super().hash(password, salt=salt)
         salt = salt or os.urandom(self.salt_len)
         digest = argon2id_raw(_bytes(password, self.encoding), salt, time_cost=self.time_cost,
-                           memory_kib=self.memory_cost, lanes=self.parallelism, threads=self.threads,
-                           length=self.hash_len)
+                              memory_kib=self.memory_cost, lanes=self.parallelism, threads=self.threads,
+                              length=self.hash_len)
         return (f"$argon2id$v={ARGON2_VERSION}$m={self.memory_cost},t={self.time_cost},p={self.parallelism}"
                 f"${_b64encode(salt)}${_b64encode(digest)}")
 
@@ -110,7 +110,7 @@ class Argon2idHasher(PasswordHasher):
         version, memory_kib, time_cost, lanes = numbers
         try:
             digest = argon2id_raw(_bytes(password, self.encoding), salt, time_cost=time_cost, memory_kib=memory_kib,
-                               lanes=lanes, threads=self.threads, length=len(expected), version=version)
+                                  lanes=lanes, threads=self.threads, length=len(expected), version=version)
         except HashingError as error:
             raise VerificationError(*error.args) from None
         if not hmac.compare_digest(digest, expected):

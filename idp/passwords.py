@@ -36,9 +36,10 @@ HASHER = Argon2idHasher(time_cost=ARGON2_TIME_COST, memory_cost=ARGON2_MEMORY_KI
                         threads=ARGON2_THREADS)
 
 # Each hash holds its memory while it runs, and a verification keeps a core busy for
-# ~0.1 s (~0.2 s with PyPI's build of libargon2: idp/argon2_build.py). With several threads per process, a Monday-morning burst would run as many
-# hashes at once as there are threads: memory peaks by 32 MiB per thread, and every login
-# in the process slows down together. A process runs at most this many at a time
+# ~0.1 s (~0.2 s with PyPI's build of libargon2: idp/argon2_build.py). With several
+# threads per process, a Monday-morning burst would run as many hashes at once as there
+# are threads: memory peaks by 32 MiB per thread, and every login in the process slows
+# down together. A process runs at most this many at a time
 # (ENRS_PASSWORD_HASH_CONCURRENCY, default 1); the others wait their turn, which costs
 # no throughput as long as there are at least as many processes as cores.
 _hash_slots = threading.BoundedSemaphore(1)
