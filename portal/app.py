@@ -96,10 +96,11 @@ def create_app(env: Mapping[str, str] | None = None, *, clock: Clock | None = No
         app.config["ENRS_FORM_ACTION_ORIGINS"] = [origin_of(settings.psc_discovery_url)]
     db.init_app(app, settings.database_url)
     init_security(app, hsts=settings.secure_cookies)
-    from portal import mail, observability
+    from portal import mail, observability, storage
 
     observability.init_app(app)
     mail.init_app(app)
+    storage.init_app(app)
 
     _register_blueprints(app)
     _register_error_pages(app)

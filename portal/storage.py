@@ -19,6 +19,8 @@ import os
 import re
 import secrets
 import tempfile
+import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -138,8 +140,10 @@ class FileStore:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise PermissionError(f"{self.root} is not writable")
+        remove_leftovers(now=True)
 
     def put(self, stream: BinaryIO) -> StoredFile:
+        remove_leftovers()
         try:
             key, final = self._reserve()
         except OSError as exc:
@@ -162,8 +166,8 @@ class FileStore:
             _fsync_dir(folder)
         except BaseException as exc:
             if temp_path is not None:
-                _unlink_quietly(Path(temp_path))
-            _unlink_quietly(final)
+                _remove_or_remember(Path(temp_path))
+            _remove_or_remember(final)
             if isinstance(exc, OSError):
                 raise StorageError(f"cannot write {final}: {exc}") from exc
             raise
@@ -242,6 +246,55 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError:
         log.exception("could not remove %s", path)
+
+
+# What a failed put could not remove: a folder that turned read-only under the put (a
+# remount, a wrong chmod) refuses the rename and the unlinks alike. The process that
+# wrote the pieces knows they are debris, whatever their age; the hourly orphan sweep
+# would only trust them after ORPHAN_AGE. So they are removed again, by this process,
+# as soon as the folder takes writes: at the next put, /readyz, or the end of any
+# request (see `remove_leftovers`).
+_leftovers: set[Path] = set()
+_leftovers_lock = threading.Lock()
+_leftovers_tried_at = 0.0
+LEFTOVER_RETRY_SECONDS = 1.0
+
+
+def _remove_or_remember(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError as exc:
+        log.warning("could not remove %s (%s); trying again once the folder takes writes", path, exc)
+        with _leftovers_lock:
+            _leftovers.add(path)
+
+
+def remove_leftovers(*, now: bool = False) -> int:
+    """Remove what earlier failed puts of this process had to leave behind; the number
+    still there afterwards. Free when there is nothing (a set's truth value, no lock);
+    otherwise at most once a second unless `now`, so that a folder still read-only does
+    not cost every request a failed unlink."""
+    global _leftovers_tried_at
+    if not _leftovers:
+        return 0
+    with _leftovers_lock:
+        if not now and time.monotonic() - _leftovers_tried_at < LEFTOVER_RETRY_SECONDS:
+            return len(_leftovers)
+        _leftovers_tried_at = time.monotonic()
+        for path in sorted(_leftovers):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                continue
+            _leftovers.discard(path)
+            log.info("removed %s, left behind by a failed upload", path)
+        return len(_leftovers)
+
+
+def init_app(app: Flask) -> None:
+    """Leftovers go at the end of any request once the folder takes writes again, not
+    only at the next upload, which may be long in coming to this process."""
+    app.teardown_request(lambda _exc: remove_leftovers())
 
 
 # -- s3:// ------------------------------------------------------------------------------
@@ -548,6 +601,6 @@ def stored_until_committed(store: Store, stream: BinaryIO) -> Iterator[StoredFil
 
 __all__ = [
     "CHUNK_SIZE", "FileStore", "S3Store", "Store", "StorageError", "StoredFile", "StoredFileMissing",
-    "check_key", "s3_client", "store_for", "store_from_url",
+    "check_key", "remove_leftovers", "s3_client", "store_for", "store_from_url",
     "stored_until_committed",
 ]

@@ -211,6 +211,82 @@ def test_a_failing_rename_leaves_no_file_behind(file_store, monkeypatch):
     assert files_under(file_store.root) == []
 
 
+class ReadOnlyFolder:
+    """The store's folder turned read-only under a put (a remount, a wrong chmod): the
+    rename and every unlink under it refused, as for the service user. Tests run as
+    root, whom chmod would not stop, hence the stand-ins."""
+
+    def __init__(self, root: Path, monkeypatch) -> None:
+        self.root = root
+        self.on = False
+        real_replace, real_unlink = os.replace, Path.unlink
+
+        def replace(source, target):
+            self.refuse(Path(target))
+            return real_replace(source, target)
+
+        def unlink(path, missing_ok=False):
+            self.refuse(path)
+            return real_unlink(path, missing_ok=missing_ok)
+
+        monkeypatch.setattr(storage.os, "replace", replace)
+        monkeypatch.setattr(Path, "unlink", unlink)
+
+    def refuse(self, path: Path) -> None:
+        if self.on and self.root in path.parents:
+            raise PermissionError(13, "Permission denied", str(path))
+
+
+@pytest.fixture
+def read_only(file_store, monkeypatch):
+    monkeypatch.setattr(storage, "_leftovers", set())
+    monkeypatch.setattr(storage, "_leftovers_tried_at", 0.0)
+    return ReadOnlyFolder(file_store.root, monkeypatch)
+
+
+def put_while_read_only(file_store, read_only) -> list[Path]:
+    file_store.put(io.BytesIO(b"first"))  # the month folder exists before the fault
+    stored_before = files_under(file_store.root)
+    read_only.on = True
+    with pytest.raises(StorageError, match="Permission denied"):
+        file_store.put(io.BytesIO(b"data" * 1000))
+    left = [p for p in files_under(file_store.root) if p not in stored_before]
+    assert sorted(p.name.startswith(".upload-") for p in left) == [False, True], left  # nothing could go
+    return stored_before
+
+
+def test_what_a_read_only_folder_kept_goes_at_the_next_put_once_writable(file_store, read_only):
+    stored_before = put_while_read_only(file_store, read_only)
+    read_only.on = False
+    kept = file_store.put(io.BytesIO(b"after"))
+    assert files_under(file_store.root) == sorted([*stored_before, file_store.path_of(kept.key)])
+
+
+def test_what_a_read_only_folder_kept_goes_at_the_end_of_any_request(app, file_store, read_only, monkeypatch):
+    monkeypatch.setitem(app.extensions, "enrs.storage", file_store)
+    stored_before = put_while_read_only(file_store, read_only)
+    monkeypatch.setattr(storage.time, "monotonic", lambda: 1000.0)
+    app.test_client().get("/")
+    assert len(files_under(file_store.root)) == 3, "still read-only: nothing can go yet"
+    read_only.on = False
+    app.test_client().get("/")
+    assert len(files_under(file_store.root)) == 3, "tried less than a second ago: not again on every request"
+    monkeypatch.setattr(storage.time, "monotonic", lambda: 1001.5)
+    app.test_client().get("/")
+    assert files_under(file_store.root) == stored_before
+
+
+def test_what_a_read_only_folder_kept_goes_when_readyz_checks_the_store(app, file_store, read_only, monkeypatch):
+    monkeypatch.setitem(app.extensions, "enrs.storage", file_store)
+    stored_before = put_while_read_only(file_store, read_only)
+    read_only.on = False
+    # Tried a moment ago, so the end of the request waits its second; the probe does not.
+    monkeypatch.setattr(storage.time, "monotonic", lambda: 1000.0)
+    monkeypatch.setattr(storage, "_leftovers_tried_at", 1000.0)
+    assert app.test_client().get("/readyz").status_code == 200
+    assert files_under(file_store.root) == stored_before
+
+
 def test_a_folder_that_cannot_be_created_is_a_storage_error(tmp_path, clock):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the folder should be")
