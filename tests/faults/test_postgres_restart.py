@@ -5,7 +5,9 @@ started again in a `finally` whatever happens.
 The stop is aimed: at a moment when an email is in the middle of its delivery (the
 suite's SMTP server holds its 250 until PostgreSQL is down) and a worker is in the
 middle of a logged-in person's 6 MiB upload, so that both lose the database half-way
-(the common case in production: requests and deliveries in flight).
+(the common case in production: requests and deliveries in flight). That worker is
+paused (SIGSTOP) until PostgreSQL has stopped: `pg_ctlcluster stop` takes longer than
+what is left of the upload's request, which would otherwise often commit first.
 
 People may see the portal's French error page while the database is away, never a
 traceback nor another page; then the service resumes by itself (pool_pre_ping replaces
@@ -13,6 +15,8 @@ the dead pooled connections), and nothing acknowledged before, during or after i
 """
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -44,10 +48,16 @@ def outcome(production_stack) -> Outcome:
             held = mailbox.holding.wait(8)
             mailbox.armed = False
             notes["email_held"] = mailbox.held_message_id if held else None
-            notes["aimed_at_worker"] = worker_handling_big_upload(stack, timeout=5 if held else 10)
+            aimed = notes["aimed_at_worker"] = worker_handling_big_upload(stack, timeout=5 if held else 10)
+            if aimed is not None:
+                os.kill(aimed, signal.SIGSTOP)
             notes["stopped_at"] = round(load.now(), 2)
             try:
-                stopped = pg_ctl("stop")
+                try:
+                    stopped = pg_ctl("stop")
+                finally:
+                    if aimed is not None:
+                        os.kill(aimed, signal.SIGCONT)
                 notes["pg_stop"] = stopped.returncode, stopped.stderr.strip()[-200:]
                 mailbox.release()  # the SMTP server accepts it now; its sender cannot record that
                 notes["readyz_while_down"] = stack.readyz()
