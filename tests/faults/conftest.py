@@ -3,10 +3,11 @@
 - `pg_template` (session): the database `enrs_faults_template` on the PostgreSQL of this
   machine, migrated, with `enrs demo`'s data and the professionals of the load; dropped
   with `enrs_faults` at the end, and PostgreSQL is left running whatever happened.
-- `production_stack(name)`: a context manager giving a `Stack` (tests/faults/support.py):
-  a fresh `enrs_faults` copied from the template, a temporary store, a loopback SMTP
-  server and a redis-server of its own, gunicorn with 2 workers × 4 threads and
-  `enrs worker`; everything stopped and mended on the way out.
+- `production_stack(name, kind=Stack)`: a context manager giving a `Stack`
+  (tests/faults/support.py): a fresh `enrs_faults` copied from the template, a temporary
+  store, a loopback SMTP server and a redis-server of its own, gunicorn with 2 workers ×
+  4 threads and `enrs worker`; everything stopped and mended on the way out. With
+  `kind=ProxiedStack` (tests/faults/proxy.py): two such gunicorns behind nginx.
 
 Each test module runs its fault once (a module fixture) and then asserts on what was
 recorded, one test per promise.
@@ -118,9 +119,9 @@ def _writable_again(folder: Path) -> None:
 
 
 @pytest.fixture(scope="session")
-def production_stack(pg_template) -> Callable[[str], ContextManager[Stack]]:
+def production_stack(pg_template) -> Callable[..., ContextManager[Stack]]:
     @contextmanager
-    def production_stack(name: str) -> Iterator[Stack]:
+    def production_stack(name: str, kind: type[Stack] = Stack) -> Iterator[Stack]:
         pg_ensure_up()
         pg_admin(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)",
                  f"CREATE DATABASE {DATABASE} TEMPLATE {TEMPLATE}")
@@ -128,7 +129,7 @@ def production_stack(pg_template) -> Callable[[str], ContextManager[Stack]]:
             mail = HoldingMailServer()
             mail.start()
             redis = RedisServer(ARTIFACTS / name / "redis.log")
-            stack = Stack(name=name, root=Path(root), mail=mail, redis=redis)
+            stack = kind(name=name, root=Path(root), mail=mail, redis=redis)
             try:
                 redis.start()
                 stack.start()

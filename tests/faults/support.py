@@ -374,6 +374,14 @@ class Stack:
             time.sleep(0.2)
         raise AssertionError(f"portal not ready after {timeout:.0f} s ({last}):\n{self.log_tail()}")
 
+    def browser(self, number: int, iteration: int) -> tuple[requests.Session, str]:
+        """A fresh browser at a fresh address (rate limits count per address): here, an
+        X-Forwarded-For that the portal believes from its one trusted proxy."""
+        address = f"10.{number}.{iteration // 250}.{iteration % 250 + 1}"
+        http = requests.Session()
+        http.headers["X-Forwarded-For"] = address
+        return http, address
+
     def readyz(self) -> tuple[int | None, dict | None]:
         try:
             response = requests.get(self.base_url + "/readyz", timeout=5)
@@ -558,12 +566,10 @@ class Person:
         return self.load.stack.base_url
 
     def new_browser(self, number: int) -> None:
-        """A fresh browser at a fresh address (rate limits count per address)."""
+        """A fresh browser at a fresh address (see Stack.browser)."""
         self.http.close()
-        self.http = requests.Session()
         self.iteration += 1
-        self.address = f"10.{number}.{self.iteration // 250}.{self.iteration % 250 + 1}"
-        self.http.headers["X-Forwarded-For"] = self.address
+        self.http, self.address = self.load.stack.browser(number, self.iteration)
 
     def call(self, step: str, method: str, path: str, **kwargs) -> requests.Response | None:
         at = self.load.now()
