@@ -42,6 +42,8 @@ TOKEN_BYTES = 24
 KEY_PATTERN = re.compile(r"\A\d{4}-\d{2}/[A-Za-z0-9_-]{32}\Z")
 # Attempts at a fresh key when one is already taken (only a broken random source gets there).
 KEY_ATTEMPTS = 3
+# How often a process tries again to remove what its failed puts left (FileStore.remove_leftovers).
+LEFTOVER_RETRY_SECONDS = 1.0
 
 # Read by this module until portal/config.py knows it (see docs/uploads.md).
 S3_CONNECT_TIMEOUT = 5
@@ -129,6 +131,10 @@ class FileStore:
     def __init__(self, root: Path, *, clock: Clock = system_clock) -> None:
         self.root = Path(root)
         self.clock = clock
+        # What failed puts could not remove (see remove_leftovers).
+        self._leftovers: set[Path] = set()
+        self._leftovers_pass = threading.Lock()
+        self._leftovers_tried_at = float("-inf")
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.root)!r})"
@@ -140,10 +146,10 @@ class FileStore:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise PermissionError(f"{self.root} is not writable")
-        remove_leftovers(now=True)
+        self.remove_leftovers(now=True)
 
     def put(self, stream: BinaryIO) -> StoredFile:
-        remove_leftovers()
+        self.remove_leftovers()
         try:
             key, final = self._reserve()
         except OSError as exc:
@@ -166,12 +172,50 @@ class FileStore:
             _fsync_dir(folder)
         except BaseException as exc:
             if temp_path is not None:
-                _remove_or_remember(Path(temp_path))
-            _remove_or_remember(final)
+                self._remove_or_remember(Path(temp_path))
+            self._remove_or_remember(final)
             if isinstance(exc, OSError):
                 raise StorageError(f"cannot write {final}: {exc}") from exc
             raise
         return StoredFile(key=key, size=size, sha256=digest.hexdigest())
+
+    # A folder that turns read-only under a put (a remount, a wrong chmod) refuses the
+    # rename and the removals alike. The process that wrote the pieces knows they are
+    # debris, whatever their age, where the hourly orphan sweep only trusts them after
+    # ORPHAN_AGE: so it removes them itself once the folder takes writes again, at its
+    # next put, /readyz, or the end of any request (init_app). A process that stops
+    # before then leaves them to the sweep.
+
+    def _remove_or_remember(self, path: Path) -> None:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("could not remove %s (%s); trying again once the folder takes writes", path, exc)
+            self._leftovers.add(path)
+
+    def remove_leftovers(self, *, now: bool = False) -> int:
+        """Remove what failed puts had to leave behind; the number still there. Free when
+        there is nothing. Otherwise at most once a second unless `now`, so that a folder
+        still read-only does not cost every request a failed unlink; and by one thread at
+        a time, the others going on at once (an unlink can hang on a network mount)."""
+        if not self._leftovers:
+            return 0
+        started = time.monotonic()
+        if (not now and started - self._leftovers_tried_at < LEFTOVER_RETRY_SECONDS) \
+                or not self._leftovers_pass.acquire(blocking=False):
+            return len(self._leftovers)
+        try:
+            self._leftovers_tried_at = started
+            for path in self._leftovers.copy():  # a put of another thread may add to it meanwhile
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    continue
+                self._leftovers.discard(path)
+                log.info("removed %s, left behind by a failed upload", path)
+        finally:
+            self._leftovers_pass.release()
+        return len(self._leftovers)
 
     def _reserve(self) -> tuple[str, Path]:
         """A new key and its path, created empty with O_EXCL so that no other put (of
@@ -246,55 +290,6 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink(missing_ok=True)
     except OSError:
         log.exception("could not remove %s", path)
-
-
-# What a failed put could not remove: a folder that turned read-only under the put (a
-# remount, a wrong chmod) refuses the rename and the unlinks alike. The process that
-# wrote the pieces knows they are debris, whatever their age; the hourly orphan sweep
-# would only trust them after ORPHAN_AGE. So they are removed again, by this process,
-# as soon as the folder takes writes: at the next put, /readyz, or the end of any
-# request (see `remove_leftovers`).
-_leftovers: set[Path] = set()
-_leftovers_lock = threading.Lock()
-_leftovers_tried_at = 0.0
-LEFTOVER_RETRY_SECONDS = 1.0
-
-
-def _remove_or_remember(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:
-        log.warning("could not remove %s (%s); trying again once the folder takes writes", path, exc)
-        with _leftovers_lock:
-            _leftovers.add(path)
-
-
-def remove_leftovers(*, now: bool = False) -> int:
-    """Remove what earlier failed puts of this process had to leave behind; the number
-    still there afterwards. Free when there is nothing (a set's truth value, no lock);
-    otherwise at most once a second unless `now`, so that a folder still read-only does
-    not cost every request a failed unlink."""
-    global _leftovers_tried_at
-    if not _leftovers:
-        return 0
-    with _leftovers_lock:
-        if not now and time.monotonic() - _leftovers_tried_at < LEFTOVER_RETRY_SECONDS:
-            return len(_leftovers)
-        _leftovers_tried_at = time.monotonic()
-        for path in sorted(_leftovers):
-            try:
-                path.unlink(missing_ok=True)
-            except OSError:
-                continue
-            _leftovers.discard(path)
-            log.info("removed %s, left behind by a failed upload", path)
-        return len(_leftovers)
-
-
-def init_app(app: Flask) -> None:
-    """Leftovers go at the end of any request once the folder takes writes again, not
-    only at the next upload, which may be long in coming to this process."""
-    app.teardown_request(lambda _exc: remove_leftovers())
 
 
 # -- s3:// ------------------------------------------------------------------------------
@@ -554,6 +549,21 @@ def _refuse_served_folder(store: Store, served: list[Path]) -> None:
             raise StorageError(f"the attestation folder {store.root} is inside the served folder {folder}")
 
 
+def init_app(app: Flask) -> None:
+    """A file store's leftovers (FileStore.remove_leftovers) also go at the end of any
+    request, not only at the next upload, which may be long in coming to this process."""
+
+    def remove_leftovers(_exc: BaseException | None) -> None:
+        store = app.extensions.get("enrs.storage")
+        if isinstance(store, FileStore):
+            try:
+                store.remove_leftovers()
+            except Exception:  # never the request's failure: the sweep remains
+                log.exception("could not remove the leftovers of failed uploads")
+
+    app.teardown_request(remove_leftovers)
+
+
 def store_for(app_or_settings: Flask | Settings | None = None) -> Store:
     """The store of the app (built once, kept in app.extensions), or a new one for bare
     Settings (commands and tests). Without an argument: the current app's."""
@@ -601,6 +611,6 @@ def stored_until_committed(store: Store, stream: BinaryIO) -> Iterator[StoredFil
 
 __all__ = [
     "CHUNK_SIZE", "FileStore", "S3Store", "Store", "StorageError", "StoredFile", "StoredFileMissing",
-    "check_key", "remove_leftovers", "s3_client", "store_for", "store_from_url",
+    "check_key", "s3_client", "store_for", "store_from_url",
     "stored_until_committed",
 ]

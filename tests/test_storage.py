@@ -239,8 +239,6 @@ class ReadOnlyFolder:
 
 @pytest.fixture
 def read_only(file_store, monkeypatch):
-    monkeypatch.setattr(storage, "_leftovers", set())
-    monkeypatch.setattr(storage, "_leftovers_tried_at", 0.0)
     return ReadOnlyFolder(file_store.root, monkeypatch)
 
 
@@ -265,15 +263,22 @@ def test_what_a_read_only_folder_kept_goes_at_the_next_put_once_writable(file_st
 def test_what_a_read_only_folder_kept_goes_at_the_end_of_any_request(app, file_store, read_only, monkeypatch):
     monkeypatch.setitem(app.extensions, "enrs.storage", file_store)
     stored_before = put_while_read_only(file_store, read_only)
-    monkeypatch.setattr(storage.time, "monotonic", lambda: 1000.0)
     app.test_client().get("/")
     assert len(files_under(file_store.root)) == 3, "still read-only: nothing can go yet"
     read_only.on = False
     app.test_client().get("/")
     assert len(files_under(file_store.root)) == 3, "tried less than a second ago: not again on every request"
-    monkeypatch.setattr(storage.time, "monotonic", lambda: 1001.5)
+    file_store._leftovers_tried_at -= storage.LEFTOVER_RETRY_SECONDS
     app.test_client().get("/")
     assert files_under(file_store.root) == stored_before
+
+
+def test_a_failure_while_removing_leftovers_never_fails_the_request(app, file_store, read_only, monkeypatch):
+    monkeypatch.setitem(app.extensions, "enrs.storage", file_store)
+    put_while_read_only(file_store, read_only)
+    file_store._leftovers_tried_at = float("-inf")
+    monkeypatch.setattr(Path, "unlink", lambda *a, **k: 1 / 0)
+    assert app.test_client().get("/healthz").status_code == 200
 
 
 def test_what_a_read_only_folder_kept_goes_when_readyz_checks_the_store(app, file_store, read_only, monkeypatch):
@@ -281,9 +286,9 @@ def test_what_a_read_only_folder_kept_goes_when_readyz_checks_the_store(app, fil
     stored_before = put_while_read_only(file_store, read_only)
     read_only.on = False
     # Tried a moment ago, so the end of the request waits its second; the probe does not.
-    monkeypatch.setattr(storage.time, "monotonic", lambda: 1000.0)
-    monkeypatch.setattr(storage, "_leftovers_tried_at", 1000.0)
-    assert app.test_client().get("/readyz").status_code == 200
+    file_store._leftovers_tried_at = storage.time.monotonic() + 60
+    ready = app.test_client().get("/readyz")
+    assert next(c for c in ready.get_json()["checks"] if c["name"] == "storage")["ok"], ready.get_json()
     assert files_under(file_store.root) == stored_before
 
 
