@@ -85,9 +85,11 @@ def create_app(env: Mapping[str, str] | None = None, *, clock: Clock | None = No
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         # X-Forwarded-* are believed only from the configured number of proxies in front:
-        # the client address for rate limits and the audit, the scheme for cookies.
+        # the client address for rate limits and the audit, the scheme for cookies. Not
+        # X-Forwarded-Host nor -Port: the proxy passes the Host header on (deploy.md) and
+        # may let a client's own X-Forwarded-Host through, which would then be believed.
         n = settings.trusted_proxies
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n)  # type: ignore[method-assign]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n)  # type: ignore[method-assign]
 
     if settings.psc_discovery_url:
         from portal.security import origin_of

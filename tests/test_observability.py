@@ -104,16 +104,20 @@ def test_forwarded_headers_are_trusted_only_when_configured(app_env, clock):
     for proxies in ("0", "1"):
         app = create_app({**app_env, "ENRS_TRUSTED_PROXIES": proxies}, clock=clock)
 
-        @app.get("/_ip")
-        def _ip():
+        @app.get("/_seen")
+        def _seen():
             from flask import request
 
-            return request.remote_addr or ""
+            return f"{request.remote_addr} {request.scheme} {request.host}"
 
-        seen[proxies] = app.test_client().get("/_ip", headers={"X-Forwarded-For": "203.0.113.9"}).get_data(
-            as_text=True)
+        seen[proxies] = app.test_client().get("/_seen", headers={
+            "Host": "portail.esante-region.fr", "X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https",
+            # What a client may send through a proxy that does not overwrite them (deploy.md's
+            # nginx block sets Host, not these): never believed.
+            "X-Forwarded-Host": "evil.example", "X-Forwarded-Port": "8443"}).get_data(as_text=True)
         app.extensions["enrs.db"]["engine"].dispose()
-    assert seen == {"0": "127.0.0.1", "1": "203.0.113.9"}
+    assert seen == {"0": "127.0.0.1 http portail.esante-region.fr",
+                    "1": "203.0.113.9 https portail.esante-region.fr"}
 
 
 def test_with_redis_down_logins_go_on_and_limits_fall_back_to_memory(app_env, clock):
