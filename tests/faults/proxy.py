@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
+import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -27,13 +30,15 @@ from pathlib import Path
 import requests
 from requests.adapters import HTTPAdapter
 
-from tests.conftest import free_port
 from tests.faults.support import READY_TIMEOUT, REPO, Stack, children_of, enrs_command, iter_until, unprivileged
 from tests.processes import log_tail
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 DEPLOY_GUIDE = REPO / "docs" / "deploy.md"
 FORGED_ADDRESS = "198.51.100.66"  # what a client claims in its own X-Forwarded-For
+# What else a client may forge that nginx passes on as it came (the guide's block sets
+# Host, not these): the portal must not believe them (its ProxyFix takes For and Proto).
+FORGED_HEADERS = {"X-Forwarded-For": FORGED_ADDRESS, "X-Forwarded-Host": "evil.example", "X-Forwarded-Port": "8443"}
 
 
 def guide_nginx_block() -> str:
@@ -58,6 +63,21 @@ def guide_config_for(port: int, cert: Path, key: Path, backends: dict[int, bool]
         block, count = re.subn(pattern, by, block)
         assert count == 1, f"docs/deploy.md's nginx block changed shape: {pattern!r} matched {count} times"
     return block
+
+
+def port_outside_ephemeral_range() -> int:
+    """A free port that no outgoing connection can take as its source port meanwhile: a
+    process stopped for its release gets its own port back."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:
@@ -101,7 +121,7 @@ class ProxiedStack(Stack):
     """nginx (TLS, the guide's block) in front of two `enrs serve --prod` of 2 workers each,
     and one `enrs worker`; in production mode, as the portal's public https URL is."""
 
-    backend_ports: list[int] = field(default_factory=lambda: [free_port(), free_port()])
+    backend_ports: list[int] = field(default_factory=lambda: [port_outside_ephemeral_range() for _ in range(2)])
     servers: list[subprocess.Popen | None] = field(default_factory=lambda: [None, None])
     taken_out: set[int] = field(default_factory=set)
     proxy: subprocess.Popen | None = None
@@ -129,7 +149,7 @@ class ProxiedStack(Stack):
         http.trust_env = False
         http.verify = self.ca_bundle
         http.mount("https://", BoundAdapter(address))
-        http.headers["X-Forwarded-For"] = FORGED_ADDRESS
+        http.headers.update(FORGED_HEADERS)
         # Over HTTPS, a form is accepted only with a Referer of the portal's own origin
         # (Flask-WTF's check; browsers send it, Referrer-Policy: same-origin).
         http.headers["Referer"] = self.base_url + "/"
@@ -166,13 +186,17 @@ class ProxiedStack(Stack):
         for index in range(len(self.backend_ports)):
             self.wait_backend_ready(index)
         self.write_proxy_config()
-        self.proxy = subprocess.Popen([NGINX, "-p", str(self.nginx_dir), "-c", str(self.nginx_dir / "nginx.conf")],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.check_proxy_config()
+        with (self.artifacts / "nginx.stderr").open("w") as log:
+            # A session of its own: nginx's workers outlive a killed master, holding the port.
+            self.proxy = subprocess.Popen([*self.nginx_command()], stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
         for _ in iter_until(10, 0.1):
             if self.readyz()[0] == 200:
                 break
         else:
-            raise AssertionError(f"nginx does not answer:\n{log_tail(self.nginx_dir / 'error.log')}")
+            raise AssertionError(f"nginx does not answer:\n{log_tail(self.artifacts / 'nginx.stderr')}\n"
+                                 f"{log_tail(self.nginx_dir / 'error.log')}")
         self.ready_after = round(time.monotonic() - began, 2)
 
     def start_backend(self, index: int) -> None:
@@ -221,6 +245,14 @@ http {{
 }}
 """, encoding="utf-8")
 
+    def nginx_command(self, *options: str) -> list[str]:
+        folder = self.nginx_dir
+        return [NGINX, *options, "-p", str(folder), "-e", str(folder / "error.log"), "-c", str(folder / "nginx.conf")]
+
+    def check_proxy_config(self) -> None:
+        check = subprocess.run(self.nginx_command("-t"), capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
+
     def nginx_workers(self) -> list[int]:
         return children_of(self.proxy.pid) if self.proxy else []
 
@@ -229,9 +261,7 @@ http {{
         request routed by the former configuration is in flight. Returns the seconds waited."""
         started = time.monotonic()
         before = set(self.nginx_workers())
-        check = subprocess.run([NGINX, "-t", "-p", str(self.nginx_dir), "-c", str(self.nginx_dir / "nginx.conf")],
-                               capture_output=True, text=True)
-        assert check.returncode == 0, check.stderr
+        self.check_proxy_config()
         self.proxy.send_signal(signal.SIGHUP)
         for _ in iter_until(timeout, 0.05):
             workers = set(self.nginx_workers())
@@ -272,10 +302,11 @@ http {{
             try:
                 self.proxy.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                self.proxy.kill()
+                os.killpg(self.proxy.pid, signal.SIGKILL)
                 self.proxy.wait(timeout=10)
-        if (self.nginx_dir / "error.log").exists():
-            shutil.copy(self.nginx_dir / "error.log", self.artifacts / "nginx-error.log")
+        for name in ("error.log", "access.log"):
+            if (self.nginx_dir / name).exists():
+                shutil.copy(self.nginx_dir / name, self.artifacts / f"nginx-{name}")
         processes = [self.worker, *self.servers]
         for process in processes:
             if process is not None and process.poll() is None:

@@ -15,6 +15,7 @@ the dead pooled connections), and nothing acknowledged before, during or after i
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -57,7 +58,9 @@ def outcome(production_stack) -> Outcome:
                     stopped = pg_ctl("stop")
                 finally:
                     if aimed is not None:
-                        os.kill(aimed, signal.SIGCONT)
+                        # gunicorn may have killed it meanwhile (no heartbeat for `timeout`).
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(aimed, signal.SIGCONT)
                 notes["pg_stop"] = stopped.returncode, stopped.stderr.strip()[-200:]
                 mailbox.release()  # the SMTP server accepts it now; its sender cannot record that
                 notes["readyz_while_down"] = stack.readyz()

@@ -9,7 +9,8 @@ acknowledged is lost.
 
 On the way, what the guide promises of the proxy: the portal sees each client's address
 (X-Forwarded-For set by nginx, believed from one proxy), never the proxy's nor what a
-client forged; HSTS and a Secure `__Host-` cookie; the request id of nginx in the
+client forged (nor the X-Forwarded-Host it forged: every form would then fail its
+origin check); HSTS and a Secure `__Host-` cookie; the request id of nginx in the
 portal's log line; a 12 MiB attestation passes; /metrics is refused.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import re
 import pytest
 import requests
 
-from tests.faults.proxy import FORGED_ADDRESS, ProxiedStack
+from tests.faults.proxy import FORGED_HEADERS, ProxiedStack
 from tests.faults.support import DATABASE, Load, Outcome, assert_none, pg_query, run_scenario
 
 CLIENT_ADDRESS = re.compile(r"\A127\.(\d+)\.\d+\.\d+\Z")
@@ -81,7 +82,7 @@ def test_the_portal_sees_each_clients_address_never_the_proxys_nor_a_forged_one(
     addresses = [row[0] for row in pg_query(DATABASE, "SELECT ip FROM audit_log WHERE action = 'login.password_ok'")]
     assert len(addresses) >= len(outcome.load.acks.logins) > 0
     wrong = sorted({ip for ip in addresses if not (CLIENT_ADDRESS.match(ip or "") and ip != "127.0.0.1")})
-    assert not wrong, f"addresses the audit log should not hold (forged: {FORGED_ADDRESS}): {wrong}"
+    assert not wrong, f"addresses the audit log should not hold (forged: {FORGED_HEADERS}): {wrong}"
     assert len(set(addresses)) > 5, "each browser of the load has an address of its own"
 
 
@@ -92,8 +93,13 @@ def test_https_as_the_guide_promises(outcome):
     assert "max-age=" in response.headers.get("Strict-Transport-Security", "")
     cookie = response.headers.get("Set-Cookie", "")
     assert cookie.startswith("__Host-enrs=") and "Secure" in cookie and "HttpOnly" in cookie, cookie
-    request_id = response.headers.get("X-Request-ID", "")
-    assert re.fullmatch(r"[0-9a-f]{32}", request_id), request_id  # nginx's $request_id
+
+
+def test_the_request_id_is_nginxs_and_in_the_portals_log_line(outcome):
+    stack: ProxiedStack = outcome.stack
+    sent = "c0ffee" * 5 + "00"  # a valid id of the client's own: nginx must replace it
+    request_id = stack.get("/login", headers={"X-Request-ID": sent}).headers.get("X-Request-ID", "")
+    assert re.fullmatch(r"[0-9a-f]{32}", request_id) and request_id != sent, request_id  # $request_id
     assert any(request_id in path.read_text() for path in stack.gunicorn_logs()), \
         "nginx's request id is not in the portal's log line"
 
@@ -101,9 +107,9 @@ def test_https_as_the_guide_promises(outcome):
 def test_the_proxy_lets_a_12_mib_attestation_through_and_refuses_metrics(outcome):
     stack: ProxiedStack = outcome.stack
     body = b"%PDF-1.7\n" + b"0" * (12 * 1024 * 1024)
-    # Not logged in: the portal answers (the login page, or a refusal of the form), not
-    # nginx's 413 for a body over its limit.
+    # Not logged in, no form token: the portal's own refusal of the form, not nginx's 413
+    # for a body over its limit.
     upload = requests.post(stack.base_url + "/access/ror", files={"attestation": ("attestation.pdf", body)},
                            verify=stack.ca_bundle, timeout=30, allow_redirects=False)
-    assert upload.status_code != 413 and "nginx" not in upload.text, upload.status_code
+    assert upload.status_code == 400 and "Session expirée" in upload.text, (upload.status_code, upload.text[:200])
     assert stack.get("/metrics").status_code == 403
