@@ -17,6 +17,7 @@ Reusable by later journeys:
   2.1 A/AA rules, every result in tests/e2e/artifacts/axe-report.json, a serious or
   critical violation (or, on a phone, a page that scrolls sideways) fails the test.
 - `device`: "desktop" (1280×900) unless a test parametrizes it with "phone" (390×844).
+- `https_portal`: the portal behind nginx with docs/deploy.md's block, over HTTPS.
 - `sso`: a portal with the demo ROR app served beside it (registered by `enrs demo` at its
   real loopback address) and the Pro Santé Connect sandbox configured (ENRS_PSC_*).
 """
@@ -43,6 +44,7 @@ from tests.e2e.support import (
     Screenshots,
     start_portal,
 )
+from tests.proxy import Nginx, port_outside_ephemeral_range
 from tests.psc_sandbox.sandbox import Sandbox, running_sandbox
 
 # Auto-waiting assertions: generous enough for a loaded CI machine, never a sleep.
@@ -96,6 +98,23 @@ def pow_portal(portal_root, mail_server) -> Iterator[Portal]:
     server reads it from Flask config (CAPTCHA_POW_MAX_NUMBER), which no ENRS_* variable
     sets, so a separate process cannot lower it."""
     yield from _served("pow", portal_root, mail_server, captcha="pow")
+
+
+@pytest.fixture(scope="session")
+def https_portal(portal_root, mail_server) -> Iterator[Portal]:
+    """The portal behind Debian's nginx configured with docs/deploy.md's block
+    (tests/proxy.py), at https://127.0.0.1:<port>: Secure `__Host-` cookies, HSTS, forms
+    checked against their origin, X-Forwarded-For and -Proto from one trusted proxy."""
+    proxy_port, port = port_outside_ephemeral_range(), free_port()
+    portal = start_portal("https", portal_root, mail_server, port=port, public_url=f"https://127.0.0.1:{proxy_port}",
+                          captcha="image", trusted_proxies="1")
+    proxy = Nginx(portal_root / "nginx", [port], port=proxy_port)
+    try:
+        proxy.start()
+        yield portal
+    finally:
+        proxy.stop(keep_logs_in=ARTIFACTS / "nginx")
+        portal.stop()
 
 
 @dataclass
@@ -208,6 +227,8 @@ def open_page(browser: Browser, shots: Screenshots, audit: Auditor, device: str,
     def open_page(portal: Portal, *, javascript: bool = True, name: str = "page") -> Page:
         context = browser.new_context(
             base_url=portal.base_url, locale="fr-FR", java_script_enabled=javascript, **DEVICES[device],
+            # The proxy's certificate is the test's own (tests/proxy.py).
+            ignore_https_errors=portal.base_url.startswith("https://"),
         )
         context.set_default_timeout(ACTION_TIMEOUT_MS)
         page = context.new_page()

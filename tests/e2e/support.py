@@ -143,6 +143,7 @@ class Portal:
     log_path: Path
     process: subprocess.Popen | None = None
     inbox: WaitingMailbox | None = None  # where its mail arrives
+    ready_url: str | None = None  # where the process itself answers, when a proxy is in front
     admin_login: str = ""  # the demo regional admin, as `enrs demo` prints it
     admin_email: str = DEMO_REGIONAL_ADMIN_EMAIL
     demo_password: str = ""
@@ -195,7 +196,7 @@ class Portal:
             if self.process.poll() is not None:
                 raise AssertionError(f"`enrs serve` exited ({self.process.returncode}):\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(self.base_url + "/", timeout=2) as response:
+                with urllib.request.urlopen(self.ready_url or self.base_url + "/", timeout=2) as response:
                     if response.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
@@ -281,16 +282,17 @@ class Portal:
             db.session.commit()
 
 
-def start_portal(name: str, root: Path, mail: MailServer, *, port: int | None = None,
+def start_portal(name: str, root: Path, mail: MailServer, *, port: int | None = None, public_url: str | None = None,
                  extra_env: dict[str, str] | None = None, **settings: str) -> Portal:
     """`settings` become ENRS_<NAME> variables; `extra_env` is given as is (ROR_APP_BASE_URL
     for `enrs demo`, the ENRS_PSC_* of a sandbox); `port` when another process must know
-    the portal's address before it starts (a PSC sandbox's redirect URI)."""
+    the portal's address before it starts (a PSC sandbox's redirect URI); `public_url` when
+    a proxy in front serves it there (ENRS_BASE_URL), the process listening on `port`."""
     port = port or free_port()
     env = {
         "ENRS_ENV": "development",
         "ENRS_INSTANCE_DIR": str(root / name),
-        "ENRS_BASE_URL": f"http://127.0.0.1:{port}",
+        "ENRS_BASE_URL": public_url or f"http://127.0.0.1:{port}",
         "ENRS_MAIL_URL": mail.url,
         "ENRS_MAIL_FROM": "ne-pas-repondre@esante-e2e.fr",
         "ENRS_SECRET_KEY": SECRET_KEY,
@@ -298,7 +300,8 @@ def start_portal(name: str, root: Path, mail: MailServer, *, port: int | None = 
         **{f"ENRS_{key.upper()}": value for key, value in settings.items()},
         **(extra_env or {}),
     }
-    portal = Portal(name=name, env=env, port=port, log_path=ARTIFACTS / f"portal-{name}.log", inbox=mail.mailbox)
+    portal = Portal(name=name, env=env, port=port, log_path=ARTIFACTS / f"portal-{name}.log", inbox=mail.mailbox,
+                    ready_url=f"http://127.0.0.1:{port}/" if public_url else None)
     portal.start()
     return portal
 

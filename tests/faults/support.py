@@ -48,7 +48,7 @@ from tests.attestation_samples import noise_png, simple_pdf
 from tests.conftest import free_port
 from tests.e2e.support import MailServer, WaitingMailbox, login_code_in
 from tests.journeys import CAPTCHA_ID_RE, csrf, field_value, registration_data
-from tests.processes import end_process, log_tail
+from tests.processes import children_of, end_process, log_tail
 
 FAULTS = Path(__file__).resolve().parent
 REPO = FAULTS.parent.parent
@@ -149,22 +149,6 @@ def unprivileged() -> list[str]:
     if os.geteuid() == 0 and shutil.which("setpriv"):
         return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]
     return []
-
-
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        # pid (comm) state ppid ...: comm may hold spaces and parentheses
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid:
-            found.append(int(entry))
-    return sorted(found)
 
 
 def open_files(pid: int) -> list[str]:
