@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import socket
 import threading
@@ -83,6 +84,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def port_outside_ephemeral_range() -> int:
+    """A free port for a server that starts (or starts again) a while after its port was
+    chosen: free_port's come from the ephemeral range, where any outgoing connection of
+    the machine may take it as its source port meanwhile (even one aimed at that very
+    port while nothing listens yet: TCP's self-connect)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 12000), low)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
 
 
 @dataclass

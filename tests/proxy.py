@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
-import random
 import re
 import shutil
 import signal
@@ -21,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.conftest import port_outside_ephemeral_range
 from tests.processes import children_of, log_tail
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,21 +50,6 @@ def guide_config_for(port: int, cert: Path, key: Path, backends: dict[int, bool]
         block, count = re.subn(pattern, by, block)
         assert count == 1, f"docs/deploy.md's nginx block changed shape: {pattern!r} matched {count} times"
     return block
-
-
-def port_outside_ephemeral_range() -> int:
-    """A free port that no outgoing connection can take as its source port meanwhile: a
-    process stopped for its release gets its own port back."""
-    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(200):
-        port = random.randrange(max(1024, low - 12000), low)
-        with socket.socket() as probe:
-            try:
-                probe.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("no free port below the ephemeral range")
 
 
 def self_signed(folder: Path) -> tuple[Path, Path]:

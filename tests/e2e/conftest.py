@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from tests.conftest import free_port
+from tests.conftest import free_port, port_outside_ephemeral_range
 from tests.e2e.accessibility import Auditor, AxeReport, install_axe
 from tests.e2e.support import (
     ARTIFACTS,
@@ -44,7 +44,7 @@ from tests.e2e.support import (
     Screenshots,
     start_portal,
 )
-from tests.proxy import Nginx, port_outside_ephemeral_range
+from tests.proxy import Nginx
 from tests.psc_sandbox.sandbox import Sandbox, running_sandbox
 
 # Auto-waiting assertions: generous enough for a loaded CI machine, never a sleep.

@@ -22,9 +22,10 @@ from pathlib import Path
 import requests
 from requests.adapters import HTTPAdapter
 
+from tests.conftest import port_outside_ephemeral_range
 from tests.faults.support import READY_TIMEOUT, REPO, Stack, enrs_command, iter_until, unprivileged
 from tests.processes import children_of, log_tail
-from tests.proxy import Nginx, port_outside_ephemeral_range
+from tests.proxy import Nginx
 
 FORGED_ADDRESS = "198.51.100.66"  # what a client claims in its own X-Forwarded-For
 # What else a client may forge that nginx passes on as it came (the guide's block sets
@@ -82,16 +83,6 @@ class ProxiedStack(Stack):
 
     def get(self, path: str, **kwargs) -> requests.Response:
         return requests.get(self.base_url + path, verify=self.ca_bundle, timeout=10, **kwargs)
-
-    def readyz(self) -> tuple[int | None, dict | None]:
-        try:
-            response = self.get("/readyz")
-        except requests.RequestException:
-            return None, None
-        try:
-            return response.status_code, response.json()
-        except ValueError:
-            return response.status_code, None
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -163,19 +154,10 @@ class ProxiedStack(Stack):
         return sum(path.read_text(errors="replace").count("Traceback (most recent call last)")
                    for path in [*self.gunicorn_logs(), self.artifacts / "worker.log"] if path.exists())
 
+    def processes(self) -> list[subprocess.Popen | None]:
+        return [self.worker, *self.servers]
+
     def stop(self) -> None:
         self.proxy.stop(keep_logs_in=self.artifacts)
-        processes = [self.worker, *self.servers]
-        for process in processes:
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in processes:
-            if process is None:
-                continue
-            try:
-                process.wait(timeout=35)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
-        self.worker = self.server = None
+        super().stop()
         self.servers = [None] * len(self.backend_ports)

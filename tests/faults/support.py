@@ -366,9 +366,12 @@ class Stack:
         http.headers["X-Forwarded-For"] = address
         return http, address
 
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return requests.get(self.base_url + path, timeout=5, **kwargs)
+
     def readyz(self) -> tuple[int | None, dict | None]:
         try:
-            response = requests.get(self.base_url + "/readyz", timeout=5)
+            response = self.get("/readyz")
         except requests.RequestException:
             return None, None
         try:
@@ -392,11 +395,15 @@ class Stack:
                 pass
         return count
 
+    def processes(self) -> list[subprocess.Popen | None]:
+        return [self.worker, self.server]
+
     def stop(self) -> None:
-        for process in (self.worker, self.server):
+        processes = self.processes()
+        for process in processes:
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-        for process in (self.worker, self.server):
+        for process in processes:
             if process is None:
                 continue
             try:

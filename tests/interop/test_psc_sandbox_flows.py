@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import free_port
+from tests.conftest import free_port, port_outside_ephemeral_range
 from tests.e2e.support import SECRET_KEY, Portal
 from tests.interop.psc_support import (
     PSC_BUTTON,
@@ -375,7 +375,8 @@ class Outage:
 
 @pytest.fixture
 def outage(psc, mail_server, request) -> Iterator[Outage]:
-    sandbox_port, wallet_port, port = free_port(), free_port(), free_port()
+    # The sandbox starts later, on ports the portal already knows (and tries while it is down).
+    sandbox_port, wallet_port, port = port_outside_ephemeral_range(), port_outside_ephemeral_range(), free_port()
     discovery = f"http://127.0.0.1:{sandbox_port}{REALM}/.well-known/wallet-openid-configuration"
     env = {**psc.portal.env, "ENRS_BASE_URL": f"http://127.0.0.1:{port}", "ENRS_PSC_DISCOVERY_URL": discovery,
            "ENRS_PSC_CLIENT_ID": CLIENT_ID, "ENRS_PSC_CLIENT_SECRET": CLIENT_SECRET}

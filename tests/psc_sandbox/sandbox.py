@@ -126,6 +126,7 @@ def running_sandbox(port: int | None = None, redirect_uri: str | list[str] = "ht
 
 def _wait_until_ready(process: subprocess.Popen, sandbox: Sandbox, timeout: float) -> None:
     deadline = time.monotonic() + timeout
+    last: object = None
     while time.monotonic() < deadline:
         if process.poll() is not None:
             break
@@ -135,10 +136,12 @@ def _wait_until_ready(process: subprocess.Popen, sandbox: Sandbox, timeout: floa
                 requests.get(sandbox.authorization_endpoint, timeout=1)  # the wallet listener too
                 sandbox.metadata = response.json()
                 return
-        except requests.RequestException:
-            pass
+            last = f"{response.status_code} {response.text[:200]}"
+        except requests.RequestException as exc:
+            last = exc
         time.sleep(0.1)
-    raise RuntimeError(f"le bac à sable PSC n'a pas démarré :\n{sandbox.log.read_text(errors='replace')}")
+    raise RuntimeError(f"le bac à sable PSC n'a pas démarré (code de sortie : {process.poll()}, dernière réponse : "
+                       f"{last}) :\n{sandbox.log.read_text(errors='replace')}")
 
 
 # -- a browser played by requests ----------------------------------------------------------
