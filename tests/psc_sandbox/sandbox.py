@@ -26,6 +26,8 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
+from tests.processes import end_process
+
 HERE = Path(__file__).resolve().parent
 REALM = "/auth/realms/esante-wallet"
 IDENTITIES: dict[str, dict] = json.loads((HERE / "identities.json").read_text(encoding="utf-8"))
@@ -122,25 +124,14 @@ def running_sandbox(port: int | None = None, redirect_uri: str | list[str] = "ht
                 _wait_until_ready(process, sandbox, startup_timeout / 2 if attempt == 1 else startup_timeout)
                 break
             except SandboxStalled as stalled:
-                _end(process)
+                end_process(process)
                 if attempt == 2:
                     raise RuntimeError(str(stalled)) from None
                 print(f"{stalled}; relancé", file=sys.stderr)
         yield sandbox
     finally:
-        _end(process)
+        end_process(process)
         log.unlink(missing_ok=True)
-
-
-def _end(process: subprocess.Popen | None) -> None:
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 class SandboxStalled(RuntimeError):
